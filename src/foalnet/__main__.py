@@ -1,0 +1,5 @@
+import sys
+
+from foalnet.cli import main
+
+sys.exit(main())

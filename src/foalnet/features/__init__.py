@@ -1,0 +1,1 @@
+"""foalnet.features stage."""

@@ -1,0 +1,1 @@
+"""foalnet.infer stage."""
