@@ -1,0 +1,399 @@
+"""Training-step time and peak memory: FoalNet vs the original-style implementation.
+
+Run from the repository root (plain Python, no install needed beyond the dev venv)::
+
+    python benchmarks/train_step.py                 # small: 2-layer encoder, few steps
+    python benchmarks/train_step.py --full          # + 12-layer encoder, + epoch estimate grid
+
+What is measured, and how
+-------------------------
+* Model: the paper's fusion dims (audio width 1024, video 768, 2+2 cross-attention layers,
+  4 heads, AVEL 512) on a WavLM-Large-shaped encoder built from a config with random weights
+  (no download), 2 or 12 transformer layers. ``layerdrop`` is set to 0 so both implementations do
+  the same amount of work; SpecAugment stays as in WavLM's config. Both implementations get the
+  SAME weights (FoalNet saved with ``save_pretrained``; the reference loads the mapped tensors)
+  and the SAME batches (seeded).
+* Step = ``zero_grad`` + forward with labels + ``loss.backward()`` + ``AdamW.step()``, batch 16.
+  Time: median over ``--steps`` steps after ``--warmup`` warm-up steps, each step on a new batch.
+* Peak memory: every (implementation, encoder, length mix) runs in a FRESH subprocess. After the
+  model and optimizer are built the kernel's RSS high-water mark is reset (``echo 5 >
+  /proc/self/clear_refs``); after the steps ``VmHWM`` from ``/proc/self/status`` is the peak
+  resident memory of training (weights + grads + AdamW state + activations), which is what
+  matters on this CPU. ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is recorded too (it is reset
+  by the same call on Linux >= 4.0). tracemalloc is not used: it misses torch's allocator.
+* Inputs: ``mix`` = IEMOCAP-like durations (log-normal, median 3.7 s, sigma 0.55, clipped to
+  [1, 8] s), cut at 6 s; ``full`` = every item 6 s (padding gains excluded). Video: 30 frames/s,
+  cut at 180. FoalNet gets batches padded to the longest item; the reference pads to 6 s / 180.
+* Epoch estimate: FoalNet's step time is measured at a grid of padded lengths (all items that
+  long); an epoch of class-balanced draws over ``--epoch-items`` IEMOCAP-like items is then
+  costed batch by batch at its padded length (linear interpolation on the grid), with random
+  batches and with length-grouped batches. The reference costs ``n_batches x`` its step time
+  (its batches are always 6 s). Data loading is not included (the features are cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SAMPLE_RATE = 16000
+MAX_SECONDS = 6.0
+FPS = 30.0
+MAX_FRAMES = 180
+VIDEO_DIM = 768
+AUDIO_DIM = 1024
+CLASS_COUNTS = (1708, 1636, 1084, 1103)  # IEMOCAP 4-class set (b): neu, hap+exc, sad, ang
+
+
+# ------------------------------------------------------------------------------ inputs
+def iemocap_like_seconds(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Utterance durations in seconds: log-normal around IEMOCAP's median, clipped to [1, 8]."""
+    return np.clip(rng.lognormal(mean=math.log(3.7), sigma=0.55, size=n), 1.0, 8.0)
+
+
+def item_sizes(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Durations -> (samples, frames), both cut at 6 s / 180 frames as the recipe does."""
+    cut = np.minimum(seconds, MAX_SECONDS)
+    samples = np.round(cut * SAMPLE_RATE).astype(int)
+    frames = np.minimum(np.maximum(np.round(cut * FPS), 1), MAX_FRAMES).astype(int)
+    return samples, frames
+
+
+@dataclass
+class Batch:
+    """Variable-length items of one batch (torch tensors are built per implementation)."""
+
+    waves: list  # [S_i] float32 tensors
+    videos: list  # [T_i, 768] float32 tensors
+    labels: "object"  # [B] long tensor
+
+
+def make_batch(batch_size: int, lengths: str, seed: int, fixed_seconds: float | None = None) -> Batch:
+    """One seeded batch: ``mix`` (IEMOCAP-like), ``full`` (all 6 s) or ``fixed_seconds`` each."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    if fixed_seconds is not None:
+        secs = np.full(batch_size, fixed_seconds)
+    elif lengths == "full":
+        secs = np.full(batch_size, MAX_SECONDS)
+    else:
+        secs = iemocap_like_seconds(batch_size, rng)
+    samples, frames = item_sizes(secs)
+    gen = torch.Generator().manual_seed(seed)
+    waves = [0.1 * torch.randn(int(s), generator=gen) for s in samples]
+    videos = [torch.randn(int(t), VIDEO_DIM, generator=gen) for t in frames]
+    labels = torch.arange(batch_size) % len(CLASS_COUNTS)  # every class present: MEM has negatives
+    return Batch(waves, videos, labels)
+
+
+def pad_longest(batch: Batch) -> dict:
+    """Dynamic padding to the longest item of the batch (FoalNet's collation)."""
+    import torch
+
+    B = len(batch.waves)
+    S = max(len(w) for w in batch.waves)
+    T = max(len(v) for v in batch.videos)
+    wav = torch.zeros(B, S)
+    wav_mask = torch.zeros(B, S, dtype=torch.bool)
+    vid = torch.zeros(B, T, VIDEO_DIM)
+    vid_mask = torch.zeros(B, T, dtype=torch.bool)
+    for i, (w, v) in enumerate(zip(batch.waves, batch.videos)):
+        wav[i, : len(w)], wav_mask[i, : len(w)] = w, True
+        vid[i, : len(v)], vid_mask[i, : len(v)] = v, True
+    return dict(waveform=wav, waveform_mask=wav_mask, video=vid, video_mask=vid_mask, labels=batch.labels)
+
+
+def pad_original(batch: Batch) -> dict:
+    """Fixed padding to 6 s / 180 frames (the original collator)."""
+    ref = load_original_style()
+    wav, wav_mask, vid, vid_mask = ref.pad_fixed(batch.waves, batch.videos, int(MAX_SECONDS * SAMPLE_RATE), MAX_FRAMES)
+    return dict(waveform=wav, waveform_mask=wav_mask, video=vid, video_mask=vid_mask, labels=batch.labels)
+
+
+# ------------------------------------------------------------------------------ models
+def load_original_style():
+    """Import benchmarks/original_style.py by path (benchmarks/ is not a package)."""
+    name = "foalnet_original_style"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / "original_style.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def wavlm_large_config(num_layers: int):
+    """A WavLM-Large-shaped config (hidden 1024, 16 heads, FFN 4096) with ``num_layers`` layers."""
+    from transformers import WavLMConfig
+
+    return WavLMConfig(
+        hidden_size=AUDIO_DIM, num_hidden_layers=num_layers, num_attention_heads=16, intermediate_size=4096,
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=False, layerdrop=0.0,
+    )
+
+
+def build_checkpoint(folder: Path, num_layers: int, seed: int = 0) -> Path:
+    """Random-init WavLM folder + a FoalNet saved with save_pretrained (the weights both sides use)."""
+    import torch
+    from transformers import WavLMModel
+
+    from foalnet.model.foalnet import FoalNet, FoalNetConfig
+
+    torch.manual_seed(seed)
+    wavlm_dir = folder / f"wavlm{num_layers}"
+    model_dir = folder / f"foalnet{num_layers}"
+    if (model_dir / "config.json").exists():
+        return model_dir
+    WavLMModel(wavlm_large_config(num_layers)).save_pretrained(wavlm_dir)
+    model = FoalNet(paper_dims_config(FoalNetConfig, str(wavlm_dir)))
+    model.save_pretrained(model_dir)
+    return model_dir
+
+
+def paper_dims_config(config_cls, audio_encoder: str):
+    """FoalNetConfig of the paper preset with the audio encoder replaced by a local folder."""
+    import dataclasses
+
+    return dataclasses.replace(config_cls.paper(), audio_encoder=audio_encoder)
+
+
+def build_model(impl: str, model_dir: Path):
+    """``ours`` = FoalNet.from_pretrained; ``original`` = the reference with the same tensors."""
+    import torch
+
+    from foalnet.model.foalnet import FoalNet
+
+    if impl == "ours":
+        return FoalNet.from_pretrained(model_dir)
+    ref = load_original_style()
+    from safetensors.torch import load_file
+    from transformers import WavLMConfig, WavLMModel
+
+    enc_cfg = WavLMConfig.from_pretrained(model_dir / "audio_encoder")
+    model = ref.OriginalStyleFoalNet(ref.OriginalStyleConfig(), WavLMModel(enc_cfg))
+    state = ref.foalnet_state_dict_to_original(load_file(model_dir / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping incomplete: missing={missing[:5]} unexpected={unexpected[:5]}")
+    del state
+    return model
+
+
+# ------------------------------------------------------------------------------ worker
+def vm_hwm_kib() -> int:
+    """Peak resident set size of this process since the last reset, KiB."""
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0); False when not permitted."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def train_steps(model, impl: str, batches: list[Batch]) -> list[float]:
+    """Run one AdamW training step per batch; seconds per step."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    pad = pad_longest if impl == "ours" else pad_original
+    times = []
+    for batch in batches:
+        inputs = pad(batch)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        out = model(**inputs)
+        out.loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One configuration in this (fresh) process; returns the measurement as a dict."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = build_model(args.impl, Path(args.model_dir))
+    n = args.warmup + args.steps
+    batches = [make_batch(args.batch_size, args.lengths, args.seed + i, args.seconds) for i in range(n)]
+    rss_before = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+    # warm-up steps also allocate the AdamW state; the reset happens before them so it counts
+    reset_ok = reset_peak_rss()
+    times = train_steps(model, args.impl, batches)
+    measured = times[args.warmup:]
+    return {
+        "impl": args.impl, "layers": args.layers, "lengths": args.lengths, "seconds": args.seconds,
+        "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup,
+        "step_s_median": statistics.median(measured), "step_s_all": measured,
+        "rss_before_gib": rss_before / 2**20,
+        "peak_rss_gib": (vm_hwm_kib() if reset_ok else 0) / 2**20,
+        "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_reset": reset_ok,
+    }
+
+
+def run_config(model_dir: Path, impl: str, layers: int, lengths: str, steps: int, warmup: int,
+               threads: int, batch_size: int, seed: int, seconds: float | None = None) -> dict:
+    """Measure one configuration in a fresh subprocess (clean peak-memory accounting)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl, "--layers", str(layers),
+           "--lengths", lengths, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads),
+           "--batch-size", str(batch_size), "--seed", str(seed), "--model-dir", str(model_dir)]
+    if seconds is not None:
+        cmd += ["--seconds", str(seconds)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed ({' '.join(cmd[2:])}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    tag = f"{impl:8s} L={layers:2d} {lengths if seconds is None else f'{seconds:.1f}s':5s}"
+    print(f"  {tag} step {result['step_s_median']:.2f} s  peak {result['peak_rss_gib']:.2f} GiB", flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------ epoch estimate
+def sampler_batches(labels: np.ndarray, secs: np.ndarray, batch_size: int, seed: int,
+                    grouped: bool) -> list[np.ndarray]:
+    """One epoch of batches from the training engine's ``BalancedSampler`` (class-balanced draws
+    with replacement; ``grouped``: sorted by length within windows of 50 batches)."""
+    from foalnet.train.data import BalancedSampler
+
+    sampler = BalancedSampler(labels.tolist(), seed=seed, lengths=secs.tolist() if grouped else None,
+                              batch_size=batch_size, group_batches=50)
+    order = np.asarray(sampler.indices())
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def epoch_estimate(grid: dict[float, float], orig_step: float, n_items: int, batch_size: int, seed: int) -> dict:
+    """Cost one epoch batch by batch (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    secs = np.minimum(iemocap_like_seconds(n_items, rng), MAX_SECONDS)
+    labels = np.repeat(np.arange(4), np.round(np.array(CLASS_COUNTS) / sum(CLASS_COUNTS) * n_items).astype(int))
+    labels = rng.permutation(np.resize(labels, n_items))
+    xs, ys = sorted(grid), [grid[k] for k in sorted(grid)]
+
+    def cost(batches: list[np.ndarray]) -> float:
+        return float(sum(np.interp(secs[b].max(), xs, ys) for b in batches))
+
+    random_batches = sampler_batches(labels, secs, batch_size, seed, grouped=False)
+    grouped = sampler_batches(labels, secs, batch_size, seed, grouped=True)
+    source = "foalnet.train.data.BalancedSampler(lengths=..., group_batches=50)"
+    n_batches = len(random_batches)
+    return {
+        "items": n_items, "batches": n_batches, "grouping": source, "grid_s": grid,
+        "original_s": n_batches * orig_step,
+        "ours_random_s": cost(random_batches),
+        "ours_grouped_s": cost(grouped),
+        "mean_padded_s_random": float(np.mean([secs[b].max() for b in random_batches])),
+        "mean_padded_s_grouped": float(np.mean([secs[b].max() for b in grouped])),
+    }
+
+
+# ------------------------------------------------------------------------------ report
+def table(results: list[dict]) -> str:
+    """Markdown table: one row per (encoder layers, lengths), ours vs original side by side."""
+    rows = ["| encoder | inputs | original step s | ours step s | speed-up | original peak GiB | ours peak GiB | mem ratio |",
+            "|---|---|---|---|---|---|---|---|"]
+    keyed = {(r["impl"], r["layers"], r["lengths"]): r for r in results if r["seconds"] is None}
+    for layers, lengths in sorted({(k[1], k[2]) for k in keyed}):
+        o, u = keyed.get(("original", layers, lengths)), keyed.get(("ours", layers, lengths))
+        if not (o and u):
+            continue
+        rows.append(f"| {layers}-layer | {lengths} | {o['step_s_median']:.2f} | {u['step_s_median']:.2f} | "
+                    f"{o['step_s_median'] / u['step_s_median']:.2f}x | {o['peak_rss_gib']:.2f} | "
+                    f"{u['peak_rss_gib']:.2f} | {u['peak_rss_gib'] / o['peak_rss_gib']:.2f} |")
+    return "\n".join(rows)
+
+
+def epoch_lines(est: dict) -> str:
+    """Human summary of the epoch estimate."""
+    o = est["original_s"]
+    return (f"epoch ({est['items']} items, {est['batches']} batches, grouping: {est['grouping']}):\n"
+            f"  original {o / 60:.1f} min | ours random batches {est['ours_random_s'] / 60:.1f} min "
+            f"({o / est['ours_random_s']:.2f}x) | ours length-grouped {est['ours_grouped_s'] / 60:.1f} min "
+            f"({o / est['ours_grouped_s']:.2f}x); mean padded length {est['mean_padded_s_random']:.2f} s "
+            f"-> {est['mean_padded_s_grouped']:.2f} s")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="also the 12-layer encoder and a finer epoch grid")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="audio encoder depths (default 2; --full: 2 12)")
+    p.add_argument("--steps", type=int, default=3, help="measured steps per configuration (2-layer)")
+    p.add_argument("--steps-large", type=int, default=2, help="measured steps for encoders deeper than 4 layers")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up steps before measuring")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared; default 1)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--epoch-items", type=int, default=4425, help="training items per fold (5531 x 4/5)")
+    p.add_argument("--no-epoch", action="store_true", help="skip the epoch estimate")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
+    p.add_argument("--workdir", type=Path, default=None, help="where to build the random checkpoints (temp)")
+    # worker-only options
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=("ours", "original"), help=argparse.SUPPRESS)
+    p.add_argument("--lengths", choices=("mix", "full"), default="mix", help=argparse.SUPPRESS)
+    p.add_argument("--seconds", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    layers = args.layers or ([2, 12] if args.full else [2])
+    grid_seconds = [1.0, 2.0, 3.0, 4.5, 6.0] if args.full else [1.5, 3.0, 6.0]
+    results, epochs = [], {}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for n_layers in layers:
+            model_dir = build_checkpoint(Path(tmp), n_layers, args.seed)
+            steps = args.steps if n_layers <= 4 else args.steps_large
+            common = dict(steps=steps, warmup=args.warmup, threads=args.threads, batch_size=args.batch_size, seed=args.seed)
+            print(f"{n_layers}-layer audio encoder, batch {args.batch_size}, {args.threads} thread(s):", flush=True)
+            for lengths in ("mix", "full"):
+                for impl in ("original", "ours"):
+                    results.append(run_config(model_dir, impl, n_layers, lengths, **common))
+            if args.no_epoch or n_layers > 4:
+                continue
+            grid = {MAX_SECONDS: next(r for r in results if r["impl"] == "ours" and r["layers"] == n_layers
+                                      and r["lengths"] == "full")["step_s_median"]}
+            for s in grid_seconds[:-1]:
+                grid[s] = run_config(model_dir, "ours", n_layers, "mix", seconds=s, **common)["step_s_median"]
+            orig = next(r for r in results if r["impl"] == "original" and r["layers"] == n_layers and r["lengths"] == "mix")
+            epochs[n_layers] = epoch_estimate(grid, orig["step_s_median"], args.epoch_items, args.batch_size, args.seed)
+    print("\n" + table(results))
+    for n_layers, est in epochs.items():
+        print(f"\n{n_layers}-layer " + epoch_lines(est))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "results": results,
+               "epoch": {str(k): v for k, v in epochs.items()}}
+    args.out.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Reading audio the same way everywhere: mono float32 at a fixed rate.
+
+soundfile reads what libsndfile knows (wav, flac, ogg, aiff); PyAV reads everything else (mp3,
+m4a, the audio track of a video). Channels are averaged; other rates are resampled with soxr, so
+a 44.1 kHz stereo file is converted when read, not rejected. Every failure is an ``AudioError``
+naming the file and the reason.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+# Extensions that libsndfile reads directly; anything else goes through PyAV.
+SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".snd", ".w64"}
+# Tolerance (s) for a span ending just past the file (label rounding).
+SPAN_TOLERANCE = 0.05
+
+
+class AudioError(Exception):
+    """A file that cannot be used as audio: missing, empty, truncated, unreadable, bad span."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of an audio file (or of a video's audio track)."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    duration: float
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(path, "missing file")
+    if not path.is_file():
+        raise AudioError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+
+
+def _check_riff_size(path: Path) -> None:
+    """Detect a truncated wav from its chunk headers only (libsndfile silently shortens it)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # not RIFF/WAVE (e.g. RF64): leave it to libsndfile
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", fh.read(8))
+            if chunk_id == b"data":
+                if chunk_size in (0, 0xFFFFFFFF):  # streaming writers leave these
+                    return
+                if pos + 8 + chunk_size > size:
+                    raise AudioError(path, f"truncated wav: data chunk declares {chunk_size} "
+                                           f"bytes, file holds {size - pos - 8}")
+                return
+            pos += 8 + chunk_size + (chunk_size & 1)
+        raise AudioError(path, "truncated wav: no data chunk")
+
+
+def _info_av(path: Path) -> AudioInfo:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(path, "no audio stream")
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate or stream.rate
+            channels = stream.codec_context.channels
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000
+            else:
+                duration = 0.0
+    except AudioError:
+        raise
+    except Exception as err:  # PyAV raises many error types for bad containers
+        raise AudioError(path, f"unreadable: {err}") from err
+    return AudioInfo(int(rate), int(channels), int(round(duration * rate)), duration)
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Open the header only (cheap: used by prepare to check every file without decoding)."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix.lower() not in SOUNDFILE_EXTS:
+        return _info_av(path)
+    if path.suffix.lower() == ".wav":
+        _check_riff_size(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # soundfile.LibsndfileError / RuntimeError
+        raise AudioError(path, f"unreadable: {err}") from err
+    if info.frames <= 0:
+        raise AudioError(path, "no audio samples")
+    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames),
+                     info.frames / info.samplerate)
+
+
+def _span_frames(path: Path, rate: int, total: int, start: float | None,
+                 end: float | None) -> tuple[int, int]:
+    """Sample indices of [start, end) seconds, checked against the file length."""
+    duration = total / rate
+    s = 0.0 if start is None else float(start)
+    e = duration if end is None else float(end)
+    if s < 0 or e <= s or s >= duration or e > duration + SPAN_TOLERANCE:
+        raise AudioError(path, f"span [{s:.3f}, {e:.3f}] s outside the file ({duration:.3f} s)")
+    return int(round(s * rate)), min(total, int(round(e * rate)))
+
+
+def _read_soundfile(path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    info = audio_info(path)
+    first, last = _span_frames(path, info.sample_rate, info.frames, start, end)
+    try:
+        with sf.SoundFile(str(path)) as fh:
+            fh.seek(first)
+            data = fh.read(last - first, dtype="float32", always_2d=True)  # (S, C)
+    except Exception as err:
+        raise AudioError(path, f"unreadable: {err}") from err
+    if data.shape[0] < last - first:
+        raise AudioError(path, f"truncated: read {data.shape[0]} of {last - first} samples")
+    return data.mean(axis=1), info.sample_rate
+
+
+def _read_av(path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    import av
+
+    _check_exists(path)
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(path, "no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="fltp")  # planar float, native layout/rate
+            rate = stream.codec_context.sample_rate
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().mean(axis=0))  # (C, n) -> (n,)
+    except AudioError:
+        raise
+    except Exception as err:
+        raise AudioError(path, f"unreadable: {err}") from err
+    if not chunks:
+        raise AudioError(path, "no audio samples")
+    mono = np.concatenate(chunks).astype(np.float32)
+    first, last = _span_frames(path, rate, len(mono), start, end)
+    return mono[first:last], int(rate)
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000, start: float | None = None,
+               end: float | None = None) -> np.ndarray:
+    """Mono float32 samples [S] of ``path`` (optionally the span [start, end) s) at ``sample_rate``."""
+    path = Path(path)
+    if path.suffix.lower() in SOUNDFILE_EXTS:
+        mono, rate = _read_soundfile(path, start, end)
+    else:
+        mono, rate = _read_av(path, start, end)
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)

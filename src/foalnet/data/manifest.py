@@ -1,0 +1,209 @@
+"""The prepared-data contract: DATA_DIR/{manifest.jsonl, prepare.json, rejected.jsonl}.
+
+Every corpus preparer produces plain records with the fields of ``MANIFEST_FIELDS`` and
+``Rejection`` items; this module writes them atomically, reads them back, and decides whether
+an existing preparation can be reused (idempotent ``prepare``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+PREPARE_META_NAME = "prepare.json"
+REJECTED_NAME = "rejected.jsonl"
+
+# Field order of one manifest line (docs/ARCHITECTURE.md, "data/ -> manifest").
+MANIFEST_FIELDS = (
+    "id", "label", "corpus", "session", "speaker", "gender", "dialog", "wav",
+    "audio_start", "audio_end", "video", "start", "end", "side", "fold",
+)
+
+
+class ManifestError(ValueError):
+    """A prepared DATA_DIR is missing, malformed or inconsistent with itself."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One bad input item: reported on the console and in rejected.jsonl."""
+
+    id: str
+    path: str
+    reason: str
+
+
+def make_record(**fields: Any) -> dict:
+    """A manifest record with every contract field present (missing ones are None)."""
+    unknown = set(fields) - set(MANIFEST_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown manifest fields: {sorted(unknown)}")
+    return {name: fields.get(name) for name in MANIFEST_FIELDS}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file + os.replace so an interrupted run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_manifest(data_dir: str | Path, records: Iterable[dict]) -> Path:
+    path = Path(data_dir) / MANIFEST_NAME
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+def write_rejected(data_dir: str | Path, rejections: Iterable[Rejection]) -> Path:
+    path = Path(data_dir) / REJECTED_NAME
+    lines = [json.dumps(asdict(r), ensure_ascii=False) for r in rejections]
+    _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+def write_prepare_meta(data_dir: str | Path, meta: dict) -> Path:
+    path = Path(data_dir) / PREPARE_META_NAME
+    _atomic_write_text(path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSON-lines file; a bad line raises ManifestError naming file and line."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+    return out
+
+
+def read_manifest(data_dir: str | Path) -> list[dict]:
+    """All records of DATA_DIR/manifest.jsonl, in file order."""
+    path = Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path}: no manifest; run `foalnet prepare ...` first")
+    records = read_jsonl(path)
+    missing = [f for f in ("id", "label", "wav", "fold") if records and f not in records[0]]
+    if missing:
+        raise ManifestError(f"{path}: records lack the fields {missing}")
+    return records
+
+
+def read_prepare_meta(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / PREPARE_META_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path}: no prepare.json; run `foalnet prepare ...` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err.msg})") from err
+
+
+def read_rejected(data_dir: str | Path) -> list[dict]:
+    path = Path(data_dir) / REJECTED_NAME
+    return read_jsonl(path) if path.is_file() else []
+
+
+def build_meta(corpus: str, classes: str | None, labels: list[str], records: list[dict],
+               options: dict, n_rejected: int) -> dict:
+    """prepare.json content: label order, counts (per label, per fold) and the options used."""
+    folds = sorted({r["fold"] for r in records})
+    label_counts = Counter(r["label"] for r in records)
+    fold_counts = Counter(r["fold"] for r in records)
+    return {
+        "corpus": corpus,
+        "classes": classes,
+        "labels": list(labels),
+        "counts": {
+            "total": len(records),
+            "labels": {lab: label_counts.get(lab, 0) for lab in labels},
+            "folds": {str(f): fold_counts[f] for f in folds},
+        },
+        "folds": folds,
+        "rejected": n_rejected,
+        "options": options,
+    }
+
+
+def check_consistency(data_dir: str | Path) -> dict:
+    """Verify that manifest.jsonl agrees with prepare.json; return the meta or raise."""
+    meta = read_prepare_meta(data_dir)
+    records = read_manifest(data_dir)
+    counts = meta.get("counts", {})
+    if counts.get("total") != len(records):
+        raise ManifestError(
+            f"{data_dir}: prepare.json counts {counts.get('total')} utterances but "
+            f"manifest.jsonl has {len(records)}; re-run prepare with --force")
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, n in Counter(ids).items() if n > 1)
+        raise ManifestError(f"{data_dir}: duplicate id {dup!r} in manifest.jsonl")
+    bad = sorted({r["label"] for r in records} - set(meta.get("labels", [])))
+    if bad:
+        raise ManifestError(f"{data_dir}: labels {bad} not in prepare.json labels")
+    actual = Counter(r["label"] for r in records)
+    if any(actual.get(k, 0) != v for k, v in counts.get("labels", {}).items()):
+        raise ManifestError(f"{data_dir}: per-label counts differ from prepare.json")
+    return meta
+
+
+def existing_preparation(data_dir: str | Path, corpus: str, options: dict) -> dict | None:
+    """The meta of a reusable earlier run with the same options, else None.
+
+    Raises ManifestError when a matching earlier run is internally inconsistent, so a damaged
+    DATA_DIR is reported instead of silently reused.
+    """
+    data_dir = Path(data_dir)
+    if not (data_dir / MANIFEST_NAME).is_file() or not (data_dir / PREPARE_META_NAME).is_file():
+        return None
+    meta = read_prepare_meta(data_dir)
+    if meta.get("corpus") != corpus or meta.get("options") != options:
+        return None
+    return check_consistency(data_dir)
+
+
+def report_rejections(rejections: list[Rejection]) -> None:
+    for rej in rejections:
+        log.warning("rejected %s (%s): %s", rej.id, rej.path, rej.reason)
+
+
+def save_preparation(data_dir: str | Path, corpus: str, classes: str | None, labels: list[str],
+                     records: list[dict], rejections: list[Rejection], options: dict) -> dict:
+    """Write manifest, rejected list and (last, as the completion marker) prepare.json."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, n in Counter(ids).items() if n > 1)
+        raise ManifestError(f"duplicate utterance id {dup!r}")
+    meta_path = data_dir / PREPARE_META_NAME
+    if meta_path.exists():  # an interrupted rewrite must not look complete
+        meta_path.unlink()
+    write_manifest(data_dir, records)
+    write_rejected(data_dir, rejections)
+    meta = build_meta(corpus, classes, labels, records, options, len(rejections))
+    write_prepare_meta(data_dir, meta)
+    return meta
+
+
+@dataclass
+class Prepared:
+    """What a corpus preparer returns: kept records, rejected items and the label order."""
+
+    corpus: str
+    classes: str | None
+    labels: list[str]
+    records: list[dict]
+    rejections: list[Rejection]

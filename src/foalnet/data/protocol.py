@@ -1,0 +1,117 @@
+"""The evaluation protocol, kept apart from parsing: class sets, folds and the dev split.
+
+* class sets: "4" (neu, hap+exc -> hap, sad, ang; the default) and "4-no-exc" (exc dropped);
+* folds: IEMOCAP leave-one-session-out (fold = session); corpora without sessions get K
+  speaker-disjoint folds balanced by utterance count;
+* ``split_fold``: test = one fold; dev = whole speakers drawn from the training folds only, so
+  model selection never sees the test session (SPEC §3) and dev is speaker-disjoint from train.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# code -> class name; codes not in the mapping are dropped (not an error: the protocol).
+CLASS_SETS: dict[str, dict[str, str]] = {
+    "4": {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"},
+    "4-no-exc": {"neu": "neu", "hap": "hap", "sad": "sad", "ang": "ang"},
+}
+DEFAULT_CLASSES = "4"
+# Logit order of the IEMOCAP class sets.
+IEMOCAP_LABELS = ["neu", "hap", "sad", "ang"]
+
+
+def class_map(classes: str) -> dict[str, str]:
+    if classes not in CLASS_SETS:
+        raise ValueError(f"unknown class set {classes!r}; choose from {sorted(CLASS_SETS)}")
+    return CLASS_SETS[classes]
+
+
+def map_label(code: str, classes: str = DEFAULT_CLASSES) -> str | None:
+    """The class of a raw emotion code under ``classes``, or None when the code is dropped."""
+    return class_map(classes).get(code)
+
+
+def labels_of(classes: str) -> list[str]:
+    """Logit order of a class set."""
+    class_map(classes)
+    return list(IEMOCAP_LABELS)
+
+
+def folds_of(records: list[dict]) -> list[int]:
+    """The distinct folds, sorted (IEMOCAP: sessions 1..5)."""
+    return sorted({int(r["fold"]) for r in records})
+
+
+def speaker_folds(speaker_counts: dict[str, int], k: int) -> dict[str, int]:
+    """Assign whole speakers to K folds (1..K), balancing utterance counts (greedy, deterministic).
+
+    Largest speaker first into the currently smallest fold (ties: lowest fold index, then
+    speaker name), the classic LPT heuristic.
+    """
+    if k < 2:
+        raise ValueError(f"need at least 2 folds, got {k}")
+    if len(speaker_counts) < k:
+        raise ValueError(f"{len(speaker_counts)} speakers cannot make {k} speaker-disjoint folds")
+    sizes = [0] * k
+    out: dict[str, int] = {}
+    for spk, n in sorted(speaker_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        fold = min(range(k), key=lambda i: (sizes[i], i))
+        out[spk] = fold + 1
+        sizes[fold] += n
+    return out
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """Records of one cross-validation fold: train and dev from the training folds, test held out."""
+
+    train: list[dict]
+    dev: list[dict]
+    test: list[dict]
+
+
+def _draw_dev_speakers(train_pool: list[dict], dev_speakers: int, seed: int) -> set[str]:
+    speakers = sorted({r["speaker"] for r in train_pool})
+    if dev_speakers >= len(speakers):
+        raise ValueError(f"cannot hold out {dev_speakers} dev speaker(s): the training folds "
+                         f"have only {len(speakers)} speakers")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(speakers), size=dev_speakers, replace=False)
+    return {speakers[i] for i in sorted(chosen)}
+
+
+def split_fold(records: list[dict], test_fold: int, dev_speakers: int = 1,
+               seed: int = 1234, dev_fraction: float = 0.1) -> FoldSplit:
+    """Split ``records`` for one fold: test = ``fold == test_fold``; dev speaker(s) drawn from the rest.
+
+    Deterministic in ``seed``. When the training records carry no speaker ids (e.g. a plain
+    scp list) a seeded ``dev_fraction`` of training utterances is used instead, with a warning.
+    ``dev_speakers=0`` gives an empty dev set.
+    """
+    test = [r for r in records if int(r["fold"]) == int(test_fold)]
+    if not test:
+        raise ValueError(f"no records in test fold {test_fold}; folds are {folds_of(records)}")
+    pool = [r for r in records if int(r["fold"]) != int(test_fold)]
+    if dev_speakers <= 0:
+        return FoldSplit(train=pool, dev=[], test=test)
+    if any(r.get("speaker") is None for r in pool):
+        log.warning("records without speaker ids: dev = random %.0f%% of training utterances",
+                    100 * dev_fraction)
+        rng = np.random.default_rng(seed)
+        dev_idx = set(rng.permutation(len(pool))[: max(1, int(dev_fraction * len(pool)))].tolist())
+        return FoldSplit(train=[r for i, r in enumerate(pool) if i not in dev_idx],
+                         dev=[r for i, r in enumerate(pool) if i in dev_idx], test=test)
+    dev_set = _draw_dev_speakers(pool, dev_speakers, seed)
+    return FoldSplit(train=[r for r in pool if r["speaker"] not in dev_set],
+                     dev=[r for r in pool if r["speaker"] in dev_set], test=test)
+
+
+def label_counts(records: list[dict], labels: list[str]) -> dict[str, int]:
+    counts = Counter(r["label"] for r in records)
+    return {lab: counts.get(lab, 0) for lab in labels}

@@ -1,0 +1,85 @@
+"""The original Foal-Net lists: one ``<id> <wav path> <label>`` per line (e.g. session1_test.scp).
+
+IEMOCAP ids give session, speaker, gender, dialog and fold (= session). The lists hold no video
+spans, so records are audio-only (``video`` null); use ``prepare iemocap`` for both. Other
+ids: fold = 1-based position of the list file on the command line. An id listed twice keeps
+its first occurrence.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from foalnet.data.audio import AudioError, audio_info
+from foalnet.data.iemocap import parse_utterance_id
+from foalnet.data.manifest import Prepared, Rejection, make_record
+from foalnet.data.protocol import IEMOCAP_LABELS
+
+log = logging.getLogger(__name__)
+
+NAME = "scp"
+HELP = "the original's lists (`id path label` per line)"
+
+
+def read_scp(path: Path) -> list[tuple[str, str, str]]:
+    """(id, wav, label) triples; a line without three fields is a usage error naming the line."""
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 3:
+            raise ValueError(f"{path}:{lineno}: expected `id path label`, got {line!r}")
+        out.append((fields[0], fields[1], fields[-1]))
+    return out
+
+
+def _record(utt_id: str, wav: Path, label: str, list_index: int) -> dict:
+    audio_info(wav)
+    try:
+        meta = parse_utterance_id(utt_id)
+    except ValueError:
+        return make_record(id=utt_id, label=label, corpus=NAME, wav=str(wav), fold=list_index)
+    return make_record(
+        id=utt_id, label=label, corpus=NAME, session=meta["session"], speaker=meta["speaker"],
+        gender=meta["gender"], dialog=meta["dialog"], wav=str(wav), fold=meta["session"])
+
+
+def build_scp(lists: list[str | Path], labels: list[str] | None = None) -> Prepared:
+    labels = labels or list(IEMOCAP_LABELS)
+    records, rejections, seen = [], [], set()
+    for list_index, list_path in enumerate(map(Path, lists), 1):
+        for utt_id, wav_text, label in read_scp(list_path):
+            if utt_id in seen:
+                continue
+            seen.add(utt_id)
+            wav = (list_path.parent / wav_text).resolve()
+            if label not in labels:
+                rejections.append(Rejection(utt_id, str(wav), f"label {label!r} outside the set {labels}"))
+                continue
+            try:
+                records.append(_record(utt_id, wav, label, list_index))
+            except AudioError as err:
+                rejections.append(Rejection(utt_id, err.path, err.reason))
+    return Prepared(NAME, None, labels, records, rejections)
+
+
+# --- CLI hooks --------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("lists", type=Path, nargs="+", metavar="LIST.scp")
+    parser.add_argument("--labels", default=",".join(IEMOCAP_LABELS),
+                        help="comma-separated label set and logit order (default neu,hap,sad,ang)")
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    return [x.strip() for x in args.labels.split(",") if x.strip()]
+
+
+def options(args: argparse.Namespace) -> dict:
+    return {"lists": [str(p.resolve()) for p in args.lists], "labels": _labels(args)}
+
+
+def build(args: argparse.Namespace) -> Prepared:
+    return build_scp(args.lists, _labels(args))

@@ -1,0 +1,61 @@
+"""CLI of the features stage: ``foalnet extract-visual DATA_DIR``."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PAPER_ENCODER = "openai/clip-vit-large-patch14"
+
+
+def run_extract_visual(args: argparse.Namespace) -> int:
+    """0 all served, 1 some items failed (listed in rejected.jsonl), 2 usage/setup error."""
+    from foalnet.data.manifest import ManifestError
+    from foalnet.features.base import FeatureError, build_visual_encoder
+    from foalnet.features.extract import extract_visual
+
+    if args.batch_size < 1 or (args.fps is not None and args.fps <= 0):
+        log.error("--batch-size must be >= 1 and --fps > 0")
+        return 2
+    if not (Path(args.data_dir) / "manifest.jsonl").is_file():
+        log.error("%s: no manifest.jsonl; run `foalnet prepare ...` first", args.data_dir)
+        return 2
+    try:
+        encoder = build_visual_encoder(args.encoder, device=args.device)
+    except Exception as err:  # hub/network/format errors all mean "cannot use this encoder"
+        log.error("cannot load visual encoder %r: %s: %s", args.encoder, type(err).__name__, err)
+        return 2
+    try:
+        report = extract_visual(args.data_dir, encoder, crop=args.crop,
+                                batch_size=args.batch_size, fps=args.fps,
+                                progress=not args.no_progress)
+    except (FeatureError, ManifestError, ImportError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    print(report.summary())
+    if report.failed:
+        print(f"{report.failed} failed: see {Path(args.data_dir) / 'visual' / report.slug / 'rejected.jsonl'}")
+    return 1 if report.failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "extract-visual",
+        help="embed every video frame of each utterance with a frozen image encoder (cached)",
+        description="Decode each dialog video once, crop the speaker's half (or full frame / "
+        "face), embed every frame and cache float16 [T, D] arrays in DATA_DIR/visual/<slug>/. "
+        "Re-running reuses what is done; exit 1 if any item failed.")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="a prepared data folder")
+    p.add_argument("--encoder", default=PAPER_ENCODER,
+                   help=f"'tiny' (offline) or a CLIP hub id / local folder (default {PAPER_ENCODER})")
+    p.add_argument("--crop", default="side", choices=("side", "full", "face", "left", "right"),
+                   help="side: the speaker's half from the manifest (IEMOCAP); full: whole frame; "
+                   "face: face box in the speaker's half (needs `pip install foalnet[face]`)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per encoder call")
+    p.add_argument("--device", default="cpu", help="torch device for CLIP (cpu, cuda, cuda:1)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="resample frames to this rate (default: the file's own rate)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract_visual)

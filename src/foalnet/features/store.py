@@ -1,0 +1,224 @@
+"""The visual feature cache: DATA_DIR/visual/<slug>/ with one float16 (T, D) array per utterance.
+
+Layout of one store folder:
+  meta.json      encoder, dim, crop, fps, frame_rule, dtype + the encoder's settings (flat)
+  index.jsonl    one line per written item {"id", "key", "file", "frames"}; appended after the
+                 array is in place, so an interrupted run loses at most the item in flight;
+                 the last line of an id wins
+  arrays/<key>.npy   float16 (T, D), written to a temp name and renamed (atomic)
+  rejected.jsonl the items the last extraction run could not serve {"id", "path", "reason"}
+
+The key of an item is a hash of everything that determines its array (video path, size and
+mtime, span, region, encoder name + settings, crop, frame policy), so a changed video or span
+is recomputed and an array is never overwritten by a different one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from foalnet.features.base import FeatureError, encoder_slug
+
+__all__ = ["FeatureError", "VisualFeatureStore", "store_slug", "feature_key"]
+
+log = logging.getLogger(__name__)
+
+VISUAL_DIR = "visual"
+META_NAME = "meta.json"
+INDEX_NAME = "index.jsonl"
+REJECTED_NAME = "rejected.jsonl"
+ARRAYS_DIR = "arrays"
+# Meta fields that must agree for a folder to be reused by another run.
+COMPAT_FIELDS = ("encoder", "dim", "crop", "fps", "frame_rule", "dtype", "format")
+
+
+def store_slug(encoder_name: str, crop: str = "side", fps: float | None = None) -> str:
+    """Folder name: the encoder slug, plus `-<crop>` unless the default crop, plus `-fps<N>`."""
+    slug = encoder_slug(encoder_name)
+    if crop != "side":
+        slug += f"-{crop}"
+    if fps is not None:
+        slug += f"-fps{fps:g}"
+    return slug
+
+
+def feature_key(fields: dict) -> str:
+    """Content hash of everything that determines one cached array."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_index(path: Path) -> dict[str, dict]:
+    """id -> entry; a torn or corrupt line (interrupted write) is skipped with a warning."""
+    index: dict[str, dict] = {}
+    if not path.is_file():
+        return index
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                index[entry["id"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s:%d: skipping a damaged index line", path, lineno)
+    return index
+
+
+class VisualFeatureStore:
+    """Cached per-utterance visual features of one encoder/crop/frame policy."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict, index: dict[str, dict]):
+        self.root = Path(root)
+        self.meta = meta
+        self._index = index
+
+    # ------------------------------------------------------------------ opening
+    @staticmethod
+    def available(data_dir: str | os.PathLike) -> list[str]:
+        """Slugs of the store folders under DATA_DIR/visual/ that have a meta.json."""
+        base = Path(data_dir) / VISUAL_DIR
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / META_NAME).is_file())
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike, encoder: str | None = None) -> "VisualFeatureStore":
+        """Open DATA_DIR/visual/<slug>/ for reading.
+
+        `encoder` is a folder slug (`tiny`, `tiny-face`) or an encoder name/path (slugified);
+        None picks the only store there is. Raises FeatureError naming what exists.
+        """
+        base = Path(data_dir) / VISUAL_DIR
+        found = cls.available(data_dir)
+        if encoder is None:
+            if not found:
+                raise FeatureError(base, "no visual feature store; run `foalnet extract-visual`")
+            if len(found) > 1:
+                raise FeatureError(base, f"several visual feature stores ({', '.join(found)}); "
+                                         "name the one to use")
+            slug = found[0]
+        else:
+            slug = encoder if encoder in found else encoder_slug(encoder)
+            if slug not in found:
+                raise FeatureError(base / slug, f"no visual features for encoder {encoder!r} "
+                                   f"(found: {', '.join(found) or 'none'}); "
+                                   "run `foalnet extract-visual` first")
+        root = base / slug
+        return cls(root, cls._read_meta(root), _read_index(root / INDEX_NAME))
+
+    @classmethod
+    def create(cls, data_dir: str | os.PathLike, slug: str, meta: dict) -> "VisualFeatureStore":
+        """Open (or start) a store for writing; refuse a folder made with other settings."""
+        root = Path(data_dir) / VISUAL_DIR / slug
+        if (root / META_NAME).is_file():
+            old = cls._read_meta(root)
+            diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta)
+                    if old.get(k) != meta.get(k)}
+            if diff:
+                pretty = "; ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in sorted(diff.items()))
+                raise FeatureError(root / META_NAME, f"holds features made differently ({pretty}); "
+                                   "remove the folder to rebuild it")
+        (root / ARRAYS_DIR).mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(root / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return cls(root, meta, _read_index(root / INDEX_NAME))
+
+    @staticmethod
+    def _read_meta(root: Path) -> dict:
+        path = root / META_NAME
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise FeatureError(path, "missing meta.json (not a visual feature store)") from err
+        except (OSError, json.JSONDecodeError) as err:
+            raise FeatureError(path, f"unreadable meta.json: {err}") from err
+        if not isinstance(meta, dict) or "dim" not in meta:
+            raise FeatureError(path, "meta.json lacks the feature dimension 'dim'")
+        return meta
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def slug(self) -> str:
+        return self.root.name
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, utt_id: str) -> bool:
+        return self.has(utt_id)
+
+    def key_of(self, utt_id: str) -> str | None:
+        entry = self._index.get(utt_id)
+        return entry["key"] if entry else None
+
+    def path_of(self, utt_id: str) -> Path:
+        entry = self._index.get(utt_id)
+        if entry is None:
+            raise FeatureError(self.root / INDEX_NAME, f"no visual features for {utt_id!r}")
+        return self.root / entry["file"]
+
+    def has(self, utt_id: str) -> bool:
+        """An entry exists and its array file is on disk."""
+        entry = self._index.get(utt_id)
+        return entry is not None and (self.root / entry["file"]).is_file()
+
+    def load(self, utt_id: str) -> np.ndarray:
+        """float16 (T, D), memory-mapped; raises FeatureError naming the file and the problem."""
+        path = self.path_of(utt_id)
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError as err:
+            raise FeatureError(path, f"missing feature file for {utt_id!r}") from err
+        except (OSError, ValueError, EOFError) as err:
+            raise FeatureError(path, f"unreadable feature file for {utt_id!r}: {err}") from err
+        if array.dtype != np.float16 or array.ndim != 2 or array.shape[1] != self.dim:
+            raise FeatureError(path, f"expected float16 [T, {self.dim}], found "
+                                     f"{array.dtype} {list(array.shape)}")
+        if array.shape[0] == 0:
+            raise FeatureError(path, f"no frames for {utt_id!r}")
+        return array
+
+    # ------------------------------------------------------------------ writing
+    def put(self, utt_id: str, key: str, features: np.ndarray) -> Path:
+        """Store (T, D) features of one item: array first (atomic), then its index line."""
+        T, D = features.shape
+        if D != self.dim or T == 0:
+            raise ValueError(f"{utt_id}: features of shape {features.shape}, store dim {self.dim}")
+        rel = f"{ARRAYS_DIR}/{key}.npy"
+        path = self.root / rel
+        if not path.is_file():
+            tmp = path.with_name(f".{key}.{os.getpid()}.tmp.npy")
+            np.save(tmp, np.ascontiguousarray(features, dtype=np.float16))
+            os.replace(tmp, path)
+        entry = {"id": utt_id, "key": key, "file": rel, "frames": int(T)}
+        with open(self.root / INDEX_NAME, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+        self._index[utt_id] = entry
+        return path
+
+    def write_rejected(self, rejected: Iterable[dict]) -> Path:
+        """The failures of the latest run (replaces the previous run's list)."""
+        path = self.root / REJECTED_NAME
+        _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rejected))
+        return path

@@ -1,0 +1,210 @@
+"""Audio encoders: one interface, a name registry, and the transformers wav2vec2-family wrapper.
+
+Every audio encoder is an ``nn.Module`` with an int attribute ``hidden_size`` and
+``forward(waveform [B,S] float, waveform_mask [B,S] bool) -> (hidden [B,L,H], frame_mask [B,L] bool)``.
+
+Names in ``AUDIO_ENCODERS`` map to a lazy ``"module:attr"`` target (a class or a builder called with
+``**options``), so adding an offline encoder is one new file plus one line here. Any other name is
+a transformers wav2vec2-family checkpoint (WavLM, wav2vec2, HuBERT): a hub id or a local folder.
+
+Saved form (``audio_encoder/config.json`` of a model folder): the transformers config for
+transformers encoders (rebuilt with ``from_config``, no download), else
+``{"registry_name", "options", "hidden_size"}``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# name -> "module:attr"; attr is a class or a builder taking **options and returning an encoder.
+AUDIO_ENCODERS: dict[str, str] = {
+    "offline": "foalnet.model.audio_offline:OfflineAudioEncoder",
+    "tiny-wavlm": "foalnet.model.audio:build_tiny_wavlm",
+}
+
+AUDIO_CONFIG_NAME = "config.json"
+
+# Small WavLM (about 0.2 M parameters, 20 ms frames like WavLM) that builds with no download.
+TINY_WAVLM_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "conv_dim": [32, 32, 32, 32],
+    "conv_stride": [5, 4, 4, 4],
+    "conv_kernel": [10, 8, 4, 4],
+    "feat_extract_norm": "layer",  # per-frame LayerNorm keeps valid frames independent of padding
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "num_buckets": 32,
+    "max_bucket_distance": 128,
+}
+
+
+def register_audio_encoder(name: str, target: str | Callable[..., nn.Module]) -> None:
+    """Add (or replace) a registry entry: ``"module:attr"`` or a callable taking ``**options``."""
+    AUDIO_ENCODERS[name] = target  # type: ignore[assignment]
+
+
+def _resolve(target: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    if callable(target):
+        return target
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+class HFAudioEncoder(nn.Module):
+    """A transformers wav2vec2-family model behind the audio-encoder interface.
+
+    The frame mask is derived from the waveform mask with the model's own
+    ``_get_feat_extract_output_lengths`` (as transformers does), except that an input too short
+    for one frame (including length 0) gets an all-False mask: transformers' index trick marks
+    frames valid in that case (SPEC §3). Such rows are fed to the encoder as a full-length zero
+    signal so that nothing inside it sees an empty attention row; their outputs are masked out.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        for attr in ("feature_extractor", "_get_feat_extract_output_lengths", "config"):
+            if not hasattr(model, attr):
+                raise ValueError(
+                    f"audio encoder {type(model).__name__} is not a wav2vec2-family model (no {attr})"
+                )
+        self.model = model
+        self.hidden_size = int(model.config.hidden_size)
+        # SpecAugment (training) needs at least mask_time_length frames in the padded batch
+        min_frames = max(1, int(getattr(model.config, "mask_time_length", 1) or 1))
+        self.min_samples = samples_for_frames(min_frames, model.config.conv_kernel, model.config.conv_stride)
+
+    def freeze_feature_encoder(self) -> None:
+        """Freeze the CNN feature encoder. With frozen weights and an input that needs no grad,
+        transformers' CNN builds no autograd graph (the same as running it under no_grad)."""
+        self.model.freeze_feature_encoder()
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Activation checkpointing of the transformer layers (WavLM-Large at batch 16 on 24 GB)."""
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def frame_mask(self, waveform_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """[B,S] bool -> [B,L] bool: frame j is valid iff j < output_length(valid samples)."""
+        lengths = waveform_mask.sum(-1)
+        out_lengths = self.model._get_feat_extract_output_lengths(lengths).clamp(min=0)  # (B,)
+        frames = torch.arange(num_frames, device=waveform_mask.device)
+        return frames[None, :] < out_lengths[:, None]
+
+    def forward(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveform [B,S] float (padding zeroed), waveform_mask [B,S] bool -> ([B,L,H], [B,L])."""
+        B, S = waveform.shape
+        if S < self.min_samples:  # too short for the CNN (or SpecAugment): pad, the mask says what is valid
+            pad = self.min_samples - S
+            waveform = nn.functional.pad(waveform, (0, pad))
+            waveform_mask = nn.functional.pad(waveform_mask, (0, pad), value=False)
+        lengths = self.model._get_feat_extract_output_lengths(waveform_mask.sum(-1))
+        empty = lengths <= 0  # (B,) rows with no valid frame
+        encoder_mask = waveform_mask | empty[:, None]
+        hidden = self.model(waveform, attention_mask=encoder_mask.long()).last_hidden_state  # (B, L, H)
+        return hidden, self.frame_mask(waveform_mask, hidden.shape[1])
+
+
+def samples_for_frames(frames: int, kernels: list[int] | tuple[int, ...], strides: list[int] | tuple[int, ...]) -> int:
+    """Fewest input samples giving ``frames`` output frames of a stack of 1-D convolutions."""
+    size = frames
+    for kernel, stride in reversed(list(zip(kernels, strides))):
+        size = (size - 1) * stride + kernel
+    return size
+
+
+def build_tiny_wavlm(**options: Any) -> HFAudioEncoder:
+    """A randomly initialised small WavLM (``TINY_WAVLM_DEFAULTS`` updated by ``options``)."""
+    from transformers import WavLMConfig, WavLMModel
+
+    config = WavLMConfig(**{**TINY_WAVLM_DEFAULTS, **options})
+    return HFAudioEncoder(WavLMModel(config))
+
+
+def _hf_encoder_from_pretrained(name_or_path: str, options: dict[str, Any]) -> HFAudioEncoder:
+    """Pretrained weights from a hub id or local folder; ``options`` override config fields."""
+    from transformers import AutoModel
+
+    return HFAudioEncoder(AutoModel.from_pretrained(name_or_path, **options))
+
+
+def hf_encoder_from_config(name_or_path: str, options: dict[str, Any] | None = None) -> HFAudioEncoder:
+    """Random-weight encoder from a checkpoint's config only (weights are loaded afterwards)."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(name_or_path, **dict(options or {}))
+    return HFAudioEncoder(AutoModel.from_config(config))
+
+
+def build_audio_encoder(
+    name: str,
+    options: dict[str, Any] | None = None,
+    *,
+    freeze_feature_encoder: bool = True,
+    gradient_checkpointing: bool = False,
+) -> nn.Module:
+    """Registry name -> that encoder; anything else -> pretrained transformers checkpoint."""
+    options = dict(options or {})
+    if name in AUDIO_ENCODERS:
+        encoder = _resolve(AUDIO_ENCODERS[name])(**options)
+    else:
+        encoder = _hf_encoder_from_pretrained(name, options)
+    return configure_audio_encoder(encoder, freeze_feature_encoder, gradient_checkpointing)
+
+
+def configure_audio_encoder(encoder: nn.Module, freeze: bool = True, checkpointing: bool = False) -> nn.Module:
+    """Check the interface; freeze the CNN / enable checkpointing of a transformers encoder."""
+    if not isinstance(getattr(encoder, "hidden_size", None), int):
+        raise ValueError(f"audio encoder {type(encoder).__name__} has no int attribute hidden_size")
+    if isinstance(encoder, HFAudioEncoder):
+        if freeze:
+            encoder.freeze_feature_encoder()
+        if checkpointing:
+            encoder.gradient_checkpointing_enable()
+    return encoder
+
+
+def audio_encoder_config(encoder: nn.Module, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The JSON saved as ``audio_encoder/config.json`` (enough to rebuild without download)."""
+    if isinstance(encoder, HFAudioEncoder):
+        return encoder.model.config.to_dict()
+    return {"registry_name": name, "options": options, "hidden_size": encoder.hidden_size}
+
+
+def save_audio_encoder_config(encoder: nn.Module, name: str, options: dict[str, Any], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / AUDIO_CONFIG_NAME, audio_encoder_config(encoder, name, options))
+
+
+def load_audio_encoder(
+    folder: str | Path, *, freeze_feature_encoder: bool = True, gradient_checkpointing: bool = False
+) -> nn.Module:
+    """Rebuild an encoder (random weights) from ``folder/config.json``; never downloads."""
+    path = Path(folder) / AUDIO_CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing audio encoder config")
+    saved = json.loads(path.read_text())
+    if "registry_name" in saved:
+        name = saved["registry_name"]
+        if name not in AUDIO_ENCODERS:
+            raise ValueError(f"{path}: unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
+        encoder = _resolve(AUDIO_ENCODERS[name])(**saved.get("options", {}))
+    elif "model_type" in saved:
+        encoder = hf_encoder_from_config(str(Path(folder)))  # a local folder: no download
+    else:
+        raise ValueError(f"{path}: neither a transformers config nor a registry entry")
+    return configure_audio_encoder(encoder, freeze_feature_encoder, gradient_checkpointing)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON via a temp file + os.replace, so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

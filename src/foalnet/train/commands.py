@@ -1,0 +1,174 @@
+"""CLI of the training stage: ``foalnet train``, ``cv``, ``ablate`` and the offline ``demo``.
+
+Each command builds an ``ExperimentConfig`` the same way: preset (or ``--config FILE.yaml``) ->
+DATA_DIR / fold / modality / select-on-test from the flags -> ``--set section.key=value``
+overrides (coerced to the field types) -> validated. Exit status: 0 ok, 1 the run failed
+(diverged, a stage reported errors), 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- config from flags
+
+
+def build_config(args: argparse.Namespace):
+    """Preset or YAML, then flags, then ``--set`` overrides."""
+    from foalnet.config import ExperimentConfig, preset
+
+    cfg = ExperimentConfig.load_yaml(args.config) if getattr(args, "config", None) else preset(args.preset)
+    data = cfg.data
+    if getattr(args, "data_dir", None):
+        data = replace(data, data_dir=str(Path(args.data_dir).resolve()))
+    if getattr(args, "fold", None) is not None:
+        data = replace(data, fold=args.fold)
+    if getattr(args, "select_on_test", False):
+        data = replace(data, select_on_test=True)
+    model = cfg.model
+    if getattr(args, "modality", None):
+        single = args.modality != "av"
+        model = replace(model, modality=args.modality,
+                        use_avel=False if single else model.use_avel,
+                        use_mem=False if single else model.use_mem)
+    cfg = replace(cfg, data=data, model=model)
+    return cfg.override(list(getattr(args, "set", None) or []))
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--folds {text!r}: expected comma-separated integers like 1,2,3") from None
+
+
+def _add_common(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
+    if data_required:
+        parser.add_argument("data_dir", metavar="DATA_DIR", help="prepared data folder")
+    else:
+        parser.add_argument("data_dir", metavar="DATA_DIR", nargs="?", help="prepared data folder")
+    parser.add_argument("--preset", default="paper", choices=("paper", "tiny"),
+                        help="experiment preset (default: paper = SPEC §2)")
+    parser.add_argument("--config", metavar="FILE.yaml", help="start from this experiment YAML instead")
+    parser.add_argument("--modality", choices=("av", "audio", "video"), help="single-modality rows")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. train.lr=3e-4 (repeatable)")
+    parser.add_argument("--select-on-test", action="store_true",
+                        help="paper protocol: choose the best epoch on the TEST fold (optimistic)")
+
+
+def _guard(func):
+    """Turn configuration/data errors into exit status 2 and divergence into 1, with a message."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from foalnet.train.loop import TrainingDiverged
+
+        try:
+            return func(args)
+        except TrainingDiverged as err:
+            log.error("training stopped: %s", err)
+            return 1
+        except (ValueError, FileNotFoundError) as err:
+            log.error("%s", err)
+            return 2
+
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@_guard
+def cmd_train(args: argparse.Namespace) -> int:
+    from foalnet.config import ExperimentConfig
+    from foalnet.train.run import CONFIG_FILE, train_fold
+
+    if isinstance(args.resume, str):  # foalnet train --resume RUN_DIR
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{run_dir}/{CONFIG_FILE} not found: not a run folder to resume")
+        cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
+        train_fold(cfg, run_dir, resume=True)
+        return 0
+    if not args.data_dir or args.fold is None or not args.out:
+        raise ValueError("foalnet train needs DATA_DIR --fold K --out RUN_DIR (or --resume RUN_DIR)")
+    cfg = build_config(args)
+    train_fold(cfg, Path(args.out), resume=bool(args.resume))
+    return 0
+
+
+@_guard
+def cmd_cv(args: argparse.Namespace) -> int:
+    from foalnet.train.cv import run_cv
+
+    cfg = build_config(args)
+    summary = run_cv(cfg, Path(args.out), folds=_parse_folds(args.folds))
+    print(Path(args.out, "report.md").read_text() if Path(args.out, "report.md").is_file() else summary)
+    return 0
+
+
+@_guard
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from foalnet.train.ablate import ablation_markdown, run_ablation
+
+    cfg = build_config(args)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    results = run_ablation(cfg, Path(args.out), rows=rows, folds=_parse_folds(args.folds))
+    print(ablation_markdown(results))
+    return 0
+
+
+@_guard
+def cmd_demo(args: argparse.Namespace) -> int:
+    from foalnet.train.demo import run_demo
+
+    return run_demo(Path(args.out), size=args.size, seed=args.seed, rows=args.rows,
+                    folds=_parse_folds(args.folds), overrides=args.set)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="train one fold into RUN_DIR")
+    _add_common(train, data_required=False)
+    train.add_argument("--fold", type=int, help="test fold (IEMOCAP session 1..5)")
+    train.add_argument("--out", metavar="RUN_DIR", help="output run folder")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                       help="continue the run in --out (or in RUN_DIR) from its last checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    cv = subparsers.add_parser("cv", help="leave-one-fold-out cross-validation into CV_DIR/fold<K>/")
+    _add_common(cv)
+    cv.add_argument("--out", required=True, metavar="CV_DIR")
+    cv.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all)")
+    cv.set_defaults(func=cmd_cv)
+
+    ablate = subparsers.add_parser("ablate", help="paper Table 2 rows through cv")
+    _add_common(ablate)
+    ablate.add_argument("--out", required=True, metavar="DIR")
+    ablate.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all)")
+    ablate.add_argument("--rows", metavar="ROW,...", help="only these rows (default: all six)")
+    ablate.set_defaults(func=cmd_ablate)
+
+    demo = subparsers.add_parser(
+        "demo", help="offline end to end: synth -> prepare -> extract-visual tiny -> cv tiny -> table")
+    demo.add_argument("--out", required=True, metavar="DIR")
+    demo.add_argument("--size", default="small", choices=("tiny", "small", "medium"),
+                      help="synthetic corpus size (default: small)")
+    demo.add_argument("--seed", type=int, default=0, help="synthetic corpus seed")
+    demo.add_argument("--rows", default="full,audio_only,video_only",
+                      help="ablation rows to run (default: full,audio_only,video_only)")
+    demo.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all 5)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a tiny-preset field, e.g. train.epochs=4")
+    demo.set_defaults(func=cmd_demo)
+
+
+def elapsed(start: float) -> str:
+    return f"{time.time() - start:.1f} s"

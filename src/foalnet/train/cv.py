@@ -1,0 +1,107 @@
+"""Cross-validation: every fold of the manifest -> CV_DIR/fold<K>/, then one summary.
+
+A fold whose ``summary.json`` exists is not re-run; a fold with checkpoints is resumed; each
+fold gets a fresh model and optimiser (built inside ``train_fold``) and the accelerator's
+references are released afterwards (``free_memory``). Outputs: ``summary.json``
+(``{"ua": {"mean", "std", "per_fold"}, "wa": ..., "macro_f1": ..., "protocol": ...}``, fractions,
+std = sample standard deviation over folds), ``confusion.png`` (pooled over folds) and
+``report.md`` (per-fold and mean +- std rows).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from foalnet.config import ExperimentConfig
+from foalnet.train.checkpoint import write_text_atomic
+from foalnet.train.metrics import metrics_from_confusion, plot_confusion
+from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, train_fold
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("ua", "wa", "macro_f1")
+
+
+def manifest_folds(data_dir: str | Path) -> list[int]:
+    from foalnet.data.manifest import read_manifest
+    from foalnet.data.protocol import folds_of
+
+    return list(folds_of(read_manifest(data_dir)))
+
+
+def run_cv(cfg: ExperimentConfig, cv_dir: str | Path, folds: list[int] | None = None,
+           accelerator=None, title: str = "") -> dict:
+    """Train/resume every fold into ``cv_dir/fold<K>`` and write the CV summary and report."""
+    cfg.check_complete()
+    from foalnet.train.run import resolve_accelerator
+
+    cv_dir = Path(cv_dir)
+    accelerator = accelerator or resolve_accelerator(cfg)
+    available = manifest_folds(cfg.data.data_dir)
+    folds = folds or available
+    unknown = sorted(set(folds) - set(available))
+    if unknown:
+        raise ValueError(f"folds {unknown} are not in the manifest (folds: {available})")
+    summaries = {}
+    for fold in folds:
+        fold_dir = cv_dir / f"fold{fold}"
+        if is_complete(fold_dir):
+            logger.info("fold %s already complete in %s: not re-run", fold, fold_dir)
+            summaries[fold] = json.loads((fold_dir / SUMMARY_FILE).read_text())
+            continue
+        fold_cfg = replace(cfg, data=replace(cfg.data, fold=fold))
+        resume = (fold_dir / "checkpoints").is_dir()
+        summaries[fold] = train_fold(fold_cfg, fold_dir, resume=resume, accelerator=accelerator)
+    summary = summarize(summaries, cfg)
+    if accelerator.is_main_process:
+        write_cv_outputs(cv_dir, summary, title or f"cross-validation ({cfg.model.modality})")
+    return summary
+
+
+def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig) -> dict:
+    """Mean +- sample std per metric over folds, pooled confusion and its metrics."""
+    folds = sorted(per_fold)
+    out: dict = {"folds": folds}
+    for key in METRICS:
+        values = [float(per_fold[k]["test"][key]) for k in folds]
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out[key] = {"mean": float(np.mean(values)), "std": std, "per_fold": values}
+    pooled = np.sum([np.asarray(per_fold[k]["test"]["confusion"]) for k in folds], axis=0)
+    out["pooled"] = {k: v for k, v in metrics_from_confusion(pooled).items()}
+    out["labels"] = per_fold[folds[0]]["labels"]
+    out["protocol"] = PAPER_PROTOCOL if cfg.data.select_on_test else (
+        "leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the training "
+        "folds; test fold untouched during selection")
+    out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
+    out["skipped_items"] = int(sum(per_fold[k].get("skipped_items", 0) for k in folds))
+    out["modality"] = cfg.model.modality
+    out["use_avel"], out["use_mem"] = cfg.model.use_avel, cfg.model.use_mem
+    return out
+
+
+def write_cv_outputs(cv_dir: Path, summary: dict, title: str) -> None:
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cv_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    plot_confusion(summary["pooled"]["confusion"], summary["labels"], cv_dir / "confusion.png",
+                   f"{title}: pooled over folds {summary['folds']}")
+    write_text_atomic(cv_dir / "report.md", report_markdown(summary, title))
+
+
+def report_markdown(summary: dict, title: str) -> str:
+    """Per-fold rows and a mean +- std row, in percent."""
+    lines = [f"# {title}", "", f"Protocol: {summary['protocol']}.", "",
+             "| fold | UA % | WA % | macro-F1 % | selected epoch |", "|---|---|---|---|---|"]
+    for i, fold in enumerate(summary["folds"]):
+        cells = [f"{100 * summary[k]['per_fold'][i]:.2f}" for k in METRICS]
+        lines.append(f"| {fold} | {' | '.join(cells)} | {summary['selected_epochs'][i]} |")
+    cells = [f"{100 * summary[k]['mean']:.2f} ± {100 * summary[k]['std']:.2f}" for k in METRICS]
+    lines.append(f"| mean ± std | {' | '.join(cells)} | |")
+    pooled = summary["pooled"]
+    lines += ["", f"Pooled over folds: UA {100 * pooled['ua']:.2f} %, WA {100 * pooled['wa']:.2f} %, "
+              f"macro-F1 {100 * pooled['macro_f1']:.2f} % (n = {pooled['n']}). "
+              f"Items skipped as unreadable: {summary['skipped_items']}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,328 @@
+"""The one training engine (accelerate), with hooks for the model-specific parts.
+
+Order of calls follows accelerate: loaders -> model -> optimizer -> scheduler -> one
+``prepare`` (done by the caller, see ``train/run.py``) -> ``accelerator.backward`` inside
+``accelerator.accumulate`` -> ``gather_for_metrics`` before UA/WA. The model-specific code lives
+in ``Hooks`` (SpeechBrain's ``compute_forward`` / ``compute_objectives`` / ``on_stage_end``).
+
+Faults: a non-finite loss skips the step on every process (they agree through a gather so DDP
+never hangs) and is logged; ``nan_patience`` of them in a row stop the run with
+``TrainingDiverged``, keeping the last good checkpoint. Items whose files cannot be read arrive
+as ``batch["failed"]`` and are reported once by id and counted.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from foalnet.train.checkpoint import TrainerState, save_checkpoint, save_model_dir, write_text_atomic
+from foalnet.train.metrics import classification_metrics
+
+logger = logging.getLogger(__name__)
+
+LOSS_PARTS = ("ce", "avel", "mem")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+class Hooks:
+    """Model-specific parts of the loop. The default fits FoalNet's calling convention."""
+
+    def model_inputs(self, batch: dict) -> dict:
+        keys = ("waveform", "waveform_mask", "video", "video_mask")
+        return {k: batch[k] for k in keys if k in batch}
+
+    def compute_forward(self, model, batch: dict, with_labels: bool) -> Any:
+        labels = batch["labels"] if with_labels else None
+        return model(**self.model_inputs(batch), labels=labels)
+
+    def compute_objectives(self, output: Any, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        parts = {k: float(v.detach()) for k, v in (output.losses or {}).items() if v is not None}
+        return output.loss, parts
+
+    def on_step_end(self, engine: "Engine", state: TrainerState) -> None:
+        """Called after every training batch (tests use it to simulate a kill)."""
+
+    def on_epoch_end(self, engine: "Engine", state: TrainerState, row: dict) -> None:
+        """Called after the dev evaluation of each epoch, before the checkpoint."""
+
+
+@dataclass
+class EvalResult:
+    """Per-item outputs of one evaluation pass (failed items excluded) and their metrics."""
+
+    index: np.ndarray  # [N] dataset indices
+    probs: np.ndarray  # [N, C]
+    targets: np.ndarray  # [N]
+    metrics: dict
+    loss: float
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Engine:
+    """Runs epochs, evaluation, selection, checkpoints and logs for one training run."""
+
+    accelerator: Any
+    train_cfg: Any  # TrainConfig
+    run_dir: Path
+    labels: list[str]
+    hooks: Hooks = field(default_factory=Hooks)
+    select_name: str = "dev"  # "dev" or "test" (paper protocol): printed on every line
+    _writer: Any = None
+
+    # ----------------------------------------------------------------- public API
+
+    def fit(self, model, optimizer, scheduler, train_loader, sampler, dev_loader,
+            state: TrainerState) -> TrainerState:
+        """Train from ``state`` (fresh or resumed) to the last epoch; return the final state."""
+        cfg = self.train_cfg
+        for epoch in range(state.epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            state.sampler = sampler.state_dict()
+            started = time.time()
+            self._run_epoch(model, optimizer, scheduler, train_loader, state, epoch)
+            self._end_epoch(model, dev_loader, state, epoch, time.time() - started)
+            if cfg.max_steps and state.global_step >= cfg.max_steps:
+                break
+        state.finished = True
+        return state
+
+    def evaluate(self, model, loader, targets: list[int]) -> EvalResult:
+        """Logits of every item, gathered over processes (``gather_for_metrics``), + metrics."""
+        acc = self.accelerator
+        model.eval()
+        idx_parts, prob_parts, failed = [], [], {}
+        with torch.no_grad():
+            for batch in loader:
+                failed.update(dict(batch["failed"]))
+                logits = self.hooks.compute_forward(model, batch, with_labels=False).logits
+                index, valid, logits = acc.gather_for_metrics(
+                    (batch["index"], batch["valid"], logits.float().contiguous())
+                )
+                keep = valid.bool().cpu()
+                idx_parts.append(index.cpu()[keep])
+                prob_parts.append(torch.softmax(logits.cpu()[keep], dim=-1))
+        C = len(self.labels)
+        index = torch.cat(idx_parts).numpy() if idx_parts else np.zeros(0, dtype=np.int64)
+        probs = torch.cat(prob_parts).numpy() if prob_parts else np.zeros((0, C), np.float32)
+        y = np.asarray([targets[i] for i in index], dtype=np.int64)
+        metrics = classification_metrics(y, probs.argmax(axis=1) if len(y) else y, C)
+        loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
+                                torch.from_numpy(y))) if len(y) else float("nan")
+        return EvalResult(index, probs, y, metrics, loss, self._merge_failed(failed))
+
+    # ----------------------------------------------------------------- one epoch
+
+    def _run_epoch(self, model, optimizer, scheduler, train_loader, state: TrainerState,
+                   epoch: int) -> None:
+        """Train one epoch from ``state.step_in_epoch`` (or until ``max_steps``)."""
+        acc, cfg = self.accelerator, self.train_cfg
+        model.train()
+        loader = train_loader
+        if state.step_in_epoch:
+            loader = acc.skip_first_batches(train_loader, state.step_in_epoch)
+        if hasattr(loader, "set_epoch"):  # accelerate's loaders re-set the sampler epoch on iter
+            loader.set_epoch(epoch)
+        bar = tqdm(total=len(train_loader), initial=state.step_in_epoch, leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not acc.is_local_main_process,
+                   dynamic_ncols=True)
+        running = state.running
+        for batch in loader:
+            self._note_failed(state, batch["failed"])
+            parts = self._train_step(model, optimizer, scheduler, batch, state)
+            for key, value in parts.items():
+                running[key] = running.get(key, 0.0) + value
+            running["n"] = running.get("n", 0) + (1 if parts else 0)
+            state.step_in_epoch += 1
+            state.global_step += 1
+            n = max(running.get("n", 0), 1)
+            bar.set_postfix({k: f"{running[k] / n:.3f}" for k in ("loss", *LOSS_PARTS) if k in running})
+            bar.update(1)
+            self.hooks.on_step_end(self, state)
+            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+                self.checkpoint(state)
+            if cfg.max_steps and state.global_step >= cfg.max_steps:
+                break
+        bar.close()
+
+    def _train_step(self, model, optimizer, scheduler, batch: dict, state: TrainerState) -> dict:
+        acc, cfg = self.accelerator, self.train_cfg
+        if len(batch["ids"]) == 0:  # every item of the batch was unreadable
+            logger.warning("step %d: empty batch (all items unreadable), skipped", state.global_step)
+            return {}
+        with acc.accumulate(model):
+            output = self.hooks.compute_forward(model, batch, with_labels=True)
+            loss, parts = self.hooks.compute_objectives(output, batch)
+            finite = torch.isfinite(loss.detach().float()).float().reshape(1).to(acc.device)
+            if acc.gather(finite).min().item() < 1.0:  # every process agrees on skipping
+                optimizer.zero_grad()
+                self._non_finite(state, parts)
+                return {}
+            state.consecutive_nan = 0
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            if acc.sync_gradients:
+                scheduler.step()
+            optimizer.zero_grad()
+        return {"loss": float(loss.detach()), **parts}
+
+    def _non_finite(self, state: TrainerState, parts: dict) -> None:
+        state.nan_steps += 1
+        state.consecutive_nan += 1
+        logger.warning("step %d: non-finite loss %s, step skipped (%d in a row)",
+                       state.global_step, parts, state.consecutive_nan)
+        if state.consecutive_nan >= self.train_cfg.nan_patience:
+            last = _latest_checkpoint_text(self.run_dir)
+            raise TrainingDiverged(
+                f"{state.consecutive_nan} non-finite losses in a row at epoch {state.epoch + 1} "
+                f"step {state.step_in_epoch}: stopping. Last good checkpoint kept: {last}. "
+                "Lower train.lr, enable train.max_grad_norm, or check the inputs."
+            )
+
+    # ----------------------------------------------------------------- end of epoch
+
+    def _end_epoch(self, model, dev_loader, state: TrainerState, epoch: int, seconds: float) -> None:
+        acc, cfg = self.accelerator, self.train_cfg
+        dev_targets = dev_loader.dataset.targets() if dev_loader is not None else []
+        result = self.evaluate(model, dev_loader, dev_targets) if dev_loader is not None else None
+        if result is not None:
+            self._note_failed(state, list(result.failed.items()))
+        running, state.running = state.running, {}
+        n = max(running.get("n", 0), 1)
+        row = {"epoch": epoch + 1, "step": state.global_step}
+        row.update({f"train_{k}": running[k] / n for k in ("loss", *LOSS_PARTS) if k in running})
+        row["lr"] = self._lr(model)
+        if result is not None:
+            row[f"{self.select_name}_loss"] = result.loss
+            for key in ("ua", "wa", "macro_f1"):
+                row[f"{self.select_name}_{key}"] = result.metrics[key]
+        row["seconds"] = round(seconds, 2)
+        score = self._score(result)
+        improved = state.best_score is None or (score is not None and score > state.best_score)
+        if improved:
+            state.best_score, state.best_epoch = score, epoch + 1
+        row["best"] = bool(improved)
+        state.history.append(row)
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(model)
+            if improved:
+                save_model_dir(unwrapped, self.run_dir / "best")
+            save_model_dir(unwrapped, self.run_dir / "last")
+            self._write_metrics(state.history)
+            self._tensorboard(row, state.global_step)
+        self.hooks.on_epoch_end(self, state, row)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        self.checkpoint(state)
+        acc.print(self._epoch_line(row))
+
+    def _score(self, result: EvalResult | None) -> float | None:
+        if result is None or result.metrics["n"] == 0:
+            return None
+        metric = self.train_cfg.select_metric
+        return -result.loss if metric == "loss" else float(result.metrics[metric])
+
+    def _epoch_line(self, row: dict) -> str:
+        parts = " ".join(f"{k} {row[f'train_{k}']:.3f}" for k in LOSS_PARTS if f"train_{k}" in row)
+        line = f"epoch {row['epoch']}/{self.train_cfg.epochs}"
+        if "train_loss" in row:
+            line += f"  train loss {row['train_loss']:.3f} ({parts})"
+        sel = self.select_name
+        if f"{sel}_ua" in row:
+            line += (f"  {sel} UA {row[f'{sel}_ua']:.3f} WA {row[f'{sel}_wa']:.3f} "
+                     f"F1 {row[f'{sel}_macro_f1']:.3f} loss {row[f'{sel}_loss']:.3f}")
+        line += f"  lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  *best" if row["best"] else "")
+        return line
+
+    def _lr(self, model) -> float:
+        optimizers = self.accelerator._optimizers
+        return float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def checkpoint(self, state: TrainerState) -> Path:
+        return save_checkpoint(self.accelerator, self.run_dir / "checkpoints", state,
+                               keep=self.train_cfg.keep_checkpoints)
+
+    def _note_failed(self, state: TrainerState, failed: list) -> None:
+        for item_id, reason in failed:
+            if item_id not in state.skipped:
+                state.skipped[item_id] = reason
+                logger.warning("skipping unreadable item %s: %s", item_id, reason)
+
+    def _merge_failed(self, failed: dict) -> dict:
+        from accelerate.utils import gather_object
+
+        if self.accelerator.num_processes == 1:
+            return failed
+        merged: dict = {}
+        for part in gather_object([failed]):
+            merged.update(part)
+        return merged
+
+    def _write_metrics(self, history: list[dict]) -> None:
+        columns: list[str] = []
+        for row in history:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
+
+    def _tensorboard(self, row: dict, step: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            return
+        if self._writer is None:
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step)
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step") and math.isfinite(value):
+                self._writer.add_scalar(key.replace("_", "/", 1), value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _latest_checkpoint_text(run_dir: Path) -> str:
+    from foalnet.train.checkpoint import find_latest
+
+    found = find_latest(Path(run_dir) / "checkpoints")
+    return str(found) if found else "none yet"
+
+
+def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float):
+    """Constant LR (paper) or linear warmup + cosine decay, in optimiser steps."""
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup = max(1, int(round(total_steps * warmup_ratio)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+Callback = Callable[[Engine, TrainerState], None]

@@ -1,0 +1,318 @@
+"""One training run (one fold): data + model + optimiser -> Engine -> test report in RUN_DIR.
+
+RUN_DIR layout: config.yaml (resolved + git hash + package versions), labels.txt, best/ and
+last/ (``FoalNet.save_pretrained`` folders), metrics.csv + tensorboard/, checkpoints/,
+predictions.csv (test items, per-class probabilities), confusion.png, rejected.jsonl (items
+skipped as unreadable), summary.json (written last: its presence means the run is complete).
+
+Model selection uses a dev split of the TRAINING folds (``protocol.split_fold``); the test fold
+is read only after training, with the selected weights. ``data.select_on_test`` reproduces the
+paper's optimistic protocol (select on the test fold) and every output says so.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from foalnet.config import ExperimentConfig
+from foalnet.train.checkpoint import (
+    TrainerState,
+    find_latest,
+    load_checkpoint,
+    recover_model_dir,
+    write_text_atomic,
+)
+from foalnet.train.data import BalancedSampler, Collator, EmotionDataset, steps_per_epoch
+from foalnet.train.loop import Engine, Hooks, build_scheduler
+from foalnet.train.metrics import plot_confusion
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+PAPER_PROTOCOL = ("select-on-test (paper protocol): the best epoch was chosen on the TEST fold, "
+                  "so these test numbers are optimistic")
+
+
+@dataclass
+class FoldData:
+    """Records and resolved facts of one fold."""
+
+    train: list[dict]
+    dev: list[dict]
+    test: list[dict]
+    labels: list[str]
+    protocol: str
+    store: object | None
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (Path(run_dir) / SUMMARY_FILE).is_file()
+
+
+def resolve_accelerator(cfg: ExperimentConfig):
+    """An Accelerator for this config (mixed precision ``auto`` = fp16 on GPU, none on CPU)."""
+    from accelerate import Accelerator
+
+    t = cfg.train
+    use_gpu = torch.cuda.is_available() and not t.cpu
+    precision = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if use_gpu else "no")
+    return Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=t.grad_accum,
+        cpu=t.cpu,
+        step_scheduler_with_optimizer=False,  # our schedule counts real optimiser steps
+    )
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def load_fold(cfg: ExperimentConfig) -> FoldData:
+    """Read the manifest, split the fold (dev from training folds only), open the visual cache."""
+    from foalnet.data.manifest import read_manifest, read_prepare_meta
+    from foalnet.data.protocol import split_fold
+
+    d = cfg.data
+    records = read_manifest(d.data_dir)
+    labels = list(read_prepare_meta(d.data_dir)["labels"])
+    split = split_fold(records, d.fold, dev_speakers=d.dev_speakers, seed=cfg.train.seed)
+    if d.select_on_test:
+        train, dev, protocol = split.train + split.dev, split.test, PAPER_PROTOCOL
+    else:
+        train, dev = split.train, split.dev
+        dev_speakers = sorted({str(r.get("speaker")) for r in dev})
+        protocol = (f"dev split from the training folds (held-out speakers {', '.join(dev_speakers)}); "
+                    f"test fold {d.fold} untouched during selection")
+    store = None
+    if cfg.model.modality in ("av", "video"):
+        from foalnet.features.store import VisualFeatureStore
+
+        store = VisualFeatureStore.open(d.data_dir, encoder=d.visual_encoder)
+    return FoldData(train, dev, split.test, labels, protocol, store)
+
+
+def resolve_model_config(cfg: ExperimentConfig, fold: FoldData) -> ExperimentConfig:
+    """Write the data's facts into the model config: labels, visual encoder, its dim and settings."""
+    updates: dict = {"labels": fold.labels}
+    if fold.store is not None:
+        meta = dict(fold.store.meta)
+        updates.update(
+            video_dim=int(fold.store.dim),
+            visual_encoder=str(meta.get("encoder", cfg.model.visual_encoder)),
+            visual_settings={k: v for k, v in meta.items() if k not in ("encoder", "dim")},
+        )
+    return replace(cfg, model=replace(cfg.model, **updates))
+
+
+def make_loaders(cfg: ExperimentConfig, fold: FoldData, num_processes: int):
+    """Datasets, the class-balanced sampler and the three DataLoaders (not yet prepared)."""
+    from torch.utils.data import DataLoader
+
+    m, t = cfg.model, cfg.train
+    use_audio, use_video = m.modality in ("av", "audio"), m.modality in ("av", "video")
+
+    def dataset(records: list[dict]) -> EmotionDataset:
+        return EmotionDataset(records, m.labels, fold.store, use_audio=use_audio, use_video=use_video,
+                              sample_rate=m.sample_rate, max_audio_seconds=m.max_audio_seconds,
+                              max_video_frames=m.max_video_frames)
+
+    train_set, dev_set, test_set = dataset(fold.train), dataset(fold.dev), dataset(fold.test)
+    lengths = train_set.durations() if cfg.data.length_grouped else None
+    sampler = BalancedSampler(train_set.targets(), seed=t.seed, balanced=t.balanced_sampling,
+                              lengths=lengths, batch_size=t.batch_size,
+                              group_batches=cfg.data.group_batches)
+    common = dict(num_workers=cfg.data.num_workers, persistent_workers=False)
+    eval_bs = t.eval_batch_size or t.batch_size
+    # own generators: creating a loader iterator must not consume the global RNG (exact resume)
+    train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
+                              collate_fn=Collator(use_audio, use_video, m.video_dim, keep_failed=False),
+                              generator=torch.Generator().manual_seed(t.seed), **common)
+    eval_collate = Collator(use_audio, use_video, m.video_dim, keep_failed=True)
+    dev_loader = (DataLoader(dev_set, batch_size=eval_bs, shuffle=False, collate_fn=eval_collate,
+                             generator=torch.Generator().manual_seed(t.seed), **common)
+                  if len(dev_set) else None)
+    test_loader = DataLoader(test_set, batch_size=eval_bs, shuffle=False, collate_fn=eval_collate,
+                             generator=torch.Generator().manual_seed(t.seed), **common)
+    return sampler, train_loader, dev_loader, test_loader
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+               hooks: Hooks | None = None, accelerator=None) -> dict:
+    """Train (or resume) one fold into ``run_dir`` and return its summary (see module doc)."""
+    from accelerate.utils import set_seed
+
+    from foalnet.model.foalnet import FoalNet
+
+    run_dir = Path(run_dir)
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
+    cfg.check_complete()
+    if cfg.data.fold is None:
+        raise ValueError("data.fold is not set: pass --fold K")
+    started = time.time()
+    acc = accelerator or resolve_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    fold = load_fold(cfg)
+    cfg = resolve_model_config(cfg, fold)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save_yaml(run_dir / CONFIG_FILE, extra=run_provenance(fold.protocol))
+        write_text_atomic(run_dir / "labels.txt", "\n".join(fold.labels) + "\n")
+    acc.wait_for_everyone()
+    acc.print(f"fold {cfg.data.fold}: train {len(fold.train)}  dev {len(fold.dev)}  "
+              f"test {len(fold.test)}  modality {cfg.model.modality}  | {fold.protocol}")
+
+    # accelerate's order: loaders -> model -> optimizer -> scheduler -> one prepare
+    sampler, train_loader, dev_loader, test_loader = make_loaders(cfg, fold, acc.num_processes)
+    set_seed(cfg.train.seed)  # model init independent of what the data code drew
+    model = FoalNet(cfg.model)
+    t = cfg.train
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                  betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    total = t.epochs * steps_per_epoch(len(fold.train), t.batch_size, acc.num_processes, t.grad_accum)
+    scheduler = build_scheduler(optimizer, t.schedule, total, t.warmup_ratio)
+    loaders = [train_loader, test_loader] + ([dev_loader] if dev_loader is not None else [])
+    prepared = acc.prepare(*loaders, model, optimizer, scheduler)
+    train_loader, test_loader = prepared[0], prepared[1]
+    dev_loader = prepared[2] if dev_loader is not None else None
+    model, optimizer, scheduler = prepared[-3:]
+
+    engine = Engine(acc, t, run_dir, fold.labels, hooks or Hooks(),
+                    select_name="test" if cfg.data.select_on_test else "dev")
+    state = _initial_state(acc, run_dir, resume, sampler)
+    try:
+        if not state.finished:
+            state = engine.fit(model, optimizer, scheduler, train_loader, sampler, dev_loader, state)
+            engine.checkpoint(state)
+        summary = _test_and_report(cfg, acc, engine, model, test_loader, fold, state, run_dir,
+                                   time.time() - started)
+    finally:
+        engine.close()
+    acc.free_memory(model, optimizer, scheduler)
+    return summary
+
+
+def _initial_state(acc, run_dir: Path, resume: bool, sampler: BalancedSampler) -> TrainerState:
+    latest = find_latest(run_dir / "checkpoints") if resume else None
+    if latest is None:
+        if resume:
+            acc.print(f"no complete checkpoint in {run_dir}/checkpoints: starting from scratch")
+        return TrainerState(sampler=sampler.state_dict())
+    for name in ("best", "last"):
+        recover_model_dir(run_dir / name)
+    state = load_checkpoint(acc, latest)
+    sampler.load_state_dict(state.sampler)
+    acc.print(f"resumed from {latest} (epoch {state.epoch + 1}, step {state.step_in_epoch})")
+    return state
+
+
+def _test_and_report(cfg, acc, engine: Engine, model, test_loader, fold: FoldData,
+                     state: TrainerState, run_dir: Path, seconds: float) -> dict:
+    """Load the selected weights, evaluate the test fold once, write predictions/PNG/summary."""
+    from foalnet.model.foalnet import FoalNet
+
+    best_dir = run_dir / "best"
+    if best_dir.is_dir():
+        best = FoalNet.from_pretrained(best_dir)
+        acc.unwrap_model(model).load_state_dict(best.state_dict())
+    result = engine.evaluate(model, test_loader, test_loader.dataset.targets())
+    engine._note_failed(state, list(result.failed.items()))
+    summary = {
+        "test": {k: result.metrics[k] for k in ("ua", "wa", "macro_f1", "confusion", "n")},
+        "selected_epoch": state.best_epoch,
+        "selected_on": engine.select_name,
+        "select_metric": cfg.train.select_metric,
+        "selected_score": state.best_score,
+        "protocol": fold.protocol,
+        "fold": cfg.data.fold,
+        "modality": cfg.model.modality,
+        "use_avel": cfg.model.use_avel,
+        "use_mem": cfg.model.use_mem,
+        "labels": fold.labels,
+        "epochs_run": len(state.history),
+        "train_items": len(fold.train),
+        "dev_items": len(fold.dev),
+        "test_items": len(fold.test),
+        "skipped_items": len(state.skipped),
+        "nan_steps": state.nan_steps,
+        "seconds": round(seconds, 1),
+    }
+    if acc.is_main_process:
+        _write_predictions(run_dir / "predictions.csv", fold, result)
+        title = f"fold {cfg.data.fold} test UA {summary['test']['ua']:.3f}"
+        if cfg.data.select_on_test:
+            title += " (selected on test)"
+        plot_confusion(summary["test"]["confusion"], fold.labels, run_dir / "confusion.png", title)
+        _write_rejected(run_dir / "rejected.jsonl", fold, state.skipped)
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    acc.wait_for_everyone()
+    acc.print(f"fold {cfg.data.fold} TEST  UA {summary['test']['ua']:.4f}  WA {summary['test']['wa']:.4f}"
+              f"  F1 {summary['test']['macro_f1']:.4f}  (epoch {state.best_epoch} selected on "
+              f"{engine.select_name}; {len(state.skipped)} items skipped)")
+    return summary
+
+
+def _write_predictions(path: Path, fold: FoldData, result) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "label", "prediction", *[f"p_{name}" for name in fold.labels]])
+    for i, probs in zip(result.index.tolist(), result.probs):
+        record = fold.test[i]
+        writer.writerow([record["id"], record["label"], fold.labels[int(np.argmax(probs))],
+                         *[f"{p:.6f}" for p in probs]])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _write_rejected(path: Path, fold: FoldData, skipped: dict[str, str]) -> None:
+    by_id = {r["id"]: r for r in fold.train + fold.dev + fold.test}
+    lines = []
+    for item_id, reason in sorted(skipped.items()):
+        record = by_id.get(item_id, {})
+        lines.append(json.dumps({"id": item_id, "path": record.get("wav"), "reason": reason}))
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def run_provenance(protocol: str) -> dict:
+    """Git hash of the source tree and package versions, saved beside the resolved config."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("foalnet", "torch", "transformers", "accelerate", "numpy", "scikit-learn"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return {"git": _git_hash(), "python": platform.python_version(), "packages": versions,
+            "protocol": protocol}
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def fmt_pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
