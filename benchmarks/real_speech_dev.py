@@ -42,6 +42,7 @@ CANDIDATES: dict[str, dict] = {
     "mel_prosody_utterance": {"normalization": "utterance"},
     "frame_mlp": {"num_layers": 0},
     "context_std": {"utterance_std": True},
+    "wavlm_scratch": {},  # WavLMConfig overrides; see ScratchWavLMHead
 }
 
 
@@ -94,8 +95,27 @@ class AudioOnlyHead(nn.Module):
         self.classifier = nn.Linear(self.encoder.hidden_size, len(LABELS))
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.encoder.encode(feats, mask)  # (B, L, H)
-        return self.classifier(masked_mean(h, mask).squeeze(1))  # (B, C)
+        h, out_mask = self.encoder.encode(feats, mask)  # (B, L', H), (B, L')
+        return self.classifier(masked_mean(h, out_mask).squeeze(1))  # (B, C)
+
+
+class ScratchWavLMHead(nn.Module):
+    """Candidate: a small WavLM trained from scratch on waveforms + masked mean + Linear."""
+
+    def __init__(self, options: dict) -> None:
+        super().__init__()
+        from transformers import WavLMConfig, WavLMModel
+
+        cfg = WavLMConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                          conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                          feat_extract_norm="layer", mask_time_prob=0.0, **options)
+        self.wavlm = WavLMModel(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, len(LABELS))
+
+    def forward(self, wave: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.wavlm(wave, attention_mask=mask.long()).last_hidden_state  # (B, L, H)
+        frame_mask = self.wavlm._get_feature_vector_attention_mask(h.shape[1], mask.long()).bool()
+        return self.classifier(masked_mean(h, frame_mask).squeeze(1))
 
 
 def unweighted_accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -107,7 +127,7 @@ def train_and_test(options: dict, feats: torch.Tensor, mask: torch.Tensor, y: to
                    train_idx: np.ndarray, test_idx: np.ndarray, args: argparse.Namespace, seed: int) -> float:
     """Train a fresh model on train_idx for a fixed number of epochs, return UA on test_idx."""
     torch.manual_seed(seed)
-    model = AudioOnlyHead(options)
+    model = ScratchWavLMHead(options) if args.wavlm else AudioOnlyHead(options)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     counts = torch.bincount(y[train_idx], minlength=len(LABELS)).float()
     weights = (1.0 / counts)[y[train_idx]]
@@ -131,7 +151,7 @@ def train_and_test(options: dict, feats: torch.Tensor, mask: torch.Tensor, y: to
 def run_candidate(name: str, options: dict, corpus: tuple, args: argparse.Namespace) -> dict:
     """All folds x seeds for one candidate; prints per-fold UA and the summary."""
     waves, labels, speakers = corpus
-    feats, mask = front_end_features(options, waves)
+    feats, mask = pad_batch(waves) if args.wavlm else front_end_features(options, waves)
     y = torch.tensor(labels)
     spk = np.array(speakers)
     folds = speaker_folds(speakers)
@@ -178,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name in args.candidates:
         start = time.time()
+        args.wavlm = name == "wavlm_scratch"
         results[name] = run_candidate(name, {**CANDIDATES[name], **extra}, corpus, args)
         results[name]["seconds"] = round(time.time() - start, 1)
     settings = {k: v for k, v in vars(args).items() if k not in ("data", "out")}

@@ -32,8 +32,8 @@ def test_shapes_and_frame_count(encoder: OfflineAudioEncoder) -> None:
     mask[1, 4000:] = False
     mask[2, 161:] = False  # 161 samples: frames start at 0 and 160 -> 2 frames
     hidden, frame_mask = encoder(x, mask)
-    assert hidden.shape == (3, 50, 32) and frame_mask.shape == (3, 50)
-    assert frame_mask.sum(1).tolist() == [50, 25, 2]
+    assert hidden.shape == (3, 25, 32) and frame_mask.shape == (3, 25)
+    assert frame_mask.sum(1).tolist() == [25, 13, 1]  # 20 ms output frames
     assert encoder.hidden_size == 32
 
 

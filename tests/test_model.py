@@ -300,3 +300,59 @@ def test_from_pretrained_names_the_missing_file(tmp_path):
 
 def test_registry_has_offline_entry_as_lazy_string():
     assert AUDIO_ENCODERS["offline"] == "foalnet.model.audio_offline:OfflineAudioEncoder"
+
+
+def test_audio_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model("tiny-wavlm", audio_gradient_checkpointing=checkpointing,
+                           audio_options={**TINY_WAVLM, "mask_time_prob": 0.0, "layerdrop": 0.0}).train()
+        assert model.audio_encoder.model.encoder.gradient_checkpointing is checkpointing
+        run(model, make_batch()).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+# ---------------------------------------------------------------------------- data parallel
+def _trim(batch):
+    """Cut a sub-batch's padding down to its own longest item (ranks differ in lengths)."""
+    S, T = int(batch["waveform_mask"].sum(1).max()), int(batch["video_mask"].sum(1).max())
+    return dict(batch, waveform=batch["waveform"][:, :S], waveform_mask=batch["waveform_mask"][:, :S],
+                video=batch["video"][:, :T], video_mask=batch["video_mask"][:, :T])
+
+
+def _data_parallel_worker(rank: int, world: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    model = make_model().eval()  # same seed: same weights on both ranks
+    full = make_batch(audio_lens=(3200, 2000, 1600, 2800, 2400), video_lens=(7, 3, 5, 6, 2), labels=(0, 1, 0, 2, 1))
+    with torch.no_grad():
+        ref = model(**full)  # single-process reference on the whole batch (before joining the group)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        rows = (slice(0, 2), slice(2, 5))[rank]
+        local = _trim({k: v[rows] for k, v in full.items()})
+        with torch.no_grad():
+            out = run(model, local, compute_mem=True, seed=rank)
+        losses = [torch.zeros(2) for _ in range(world)]
+        dist.all_gather(losses, torch.stack([out.losses["avel"], out.losses["mem"]]))
+        assert torch.allclose(out.logits, ref.logits[rows], atol=1e-5)
+        dp_avel = (2 * losses[0][0] + 3 * losses[1][0]) / 5  # each rank averages its own rows
+        assert abs(dp_avel.item() - ref.losses["avel"].item()) < 1e-5, (dp_avel, ref.losses["avel"])
+        assert all(torch.isfinite(x).all() for x in losses)
+        model.train()
+        out = run(model, local, seed=rank)
+        out.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_two_gloo_processes_match_the_single_process_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    # fork: the children reuse the imported modules (spawn would re-import torch)
+    mp.start_processes(_data_parallel_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True,
+                       start_method="fork")

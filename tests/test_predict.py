@@ -166,6 +166,14 @@ def test_audio_decoded_mono_resampled(clips, name):
     assert abs(_peak_hz(x[1600:-1600], 16000) - 440.0) < 5.0
 
 
+@pytest.mark.parametrize("name", [f[0] for f in FORMATS] + ["audio_only.wav"])
+def test_streamed_audio_equals_training_reader(clips, name):
+    """Chunked decoding + streaming resampling gives exactly what training's load_audio reads."""
+    from foalnet.data.audio import load_audio
+
+    np.testing.assert_array_equal(media.read_audio(clips[name], 16000), load_audio(clips[name], 16000))
+
+
 def test_stereo_mixed_by_channel_mean(clips):
     """Left 0.3 sin, right 0.15 sin (lossless PCM) -> mono amplitude 0.225 = mean."""
     x = media.read_audio(clips["mpeg4_pcm_16k.mov"], 16000)
@@ -257,6 +265,7 @@ def test_predict_every_format_batched_equals_single(av_predictor, clips):
 def test_same_clip_twice_same_answer(av_predictor, clips):
     first, second = av_predictor.predict([clips["h264_aac_44k.mp4"]] * 2)
     assert first == second
+    assert av_predictor.predict(clips["h264_aac_44k.mp4"]) == av_predictor.predict(clips["h264_aac_44k.mp4"])
 
 
 def test_single_modality_files(models, av_predictor, clips):
@@ -390,3 +399,132 @@ def test_cli_usage_errors(models, argv):
 
 def test_cli_bad_model_folder(tmp_path, clips):
     assert main(["predict", str(tmp_path), str(clips["audio_only.wav"])]) == 2
+
+
+def test_window_frames_equal_per_window_embedding(av_predictor, clips):
+    """The one-pass window features equal embedding each window on its own (training's way)."""
+    from foalnet.features.extract import embed_video
+
+    path = str(clips["long.mp4"])
+    info = media.probe(path)
+    spans = [(s, min(s + 1.0, 3.0)) for s in media.window_starts(3.0, 1.0, 0.5)]
+    one_pass = list(av_predictor._window_frames(path, info, "full", spans))
+    assert len(one_pass) == len(spans)
+    for (start, end), feats in zip(spans, one_pass):
+        alone = embed_video(path, av_predictor.visual_encoder, "full", start=start,
+                            end=None if end >= 3.0 else end).astype(np.float32)
+        assert feats.shape[1] == 128 and 25 <= len(feats) <= 26  # 1 s at 25 fps (+ an edge frame)
+        np.testing.assert_array_equal(feats, alone[:30])
+
+
+def test_video_model_windows(models, clips):
+    result = Predictor.from_pretrained(models["video"]).predict(clips["video_only.mp4"], window=0.8)
+    _check(result, ["video"])
+    assert [w["start"] for w in result["timeline"]] == [0.0, 0.8, 1.6]
+    assert result["timeline"][-1]["end"] == pytest.approx(2.0)
+
+
+# --------------------------------------------------------------------------------- vs training
+def _cut_clip(record: dict, out: Path) -> Path:
+    """One utterance as a standalone file: its frames (lossless FFV1) + its audio (16-bit PCM)."""
+    from fractions import Fraction
+
+    from foalnet.data.audio import load_audio
+    from foalnet.data.video import probe_video, read_frames
+
+    fps = Fraction(probe_video(record["video"]).fps).limit_denominator(1001)
+    frames = read_frames(record["video"], record["start"], record["end"])  # (T, H, W, 3)
+    wav = load_audio(record["wav"], 16000, record["audio_start"], record["audio_end"])
+    with av.open(str(out), "w") as container:
+        vs = container.add_stream("ffv1", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        aus = container.add_stream("pcm_s16le", rate=16000)
+        aus.layout = "mono"
+        for image in frames:
+            for packet in vs.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in vs.encode():
+            container.mux(packet)
+        frame = av.AudioFrame.from_ndarray(wav[None], format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*aus.encode(frame), *aus.encode()]:
+            container.mux(packet)
+    return out
+
+
+def _training_probs(model: FoalNet, record: dict, store) -> np.ndarray:
+    """What the training pipeline feeds the model for this utterance: dataset -> collate -> forward."""
+    from foalnet.train.data import Collator, EmotionDataset
+
+    cfg = model.config
+    dataset = EmotionDataset([record], cfg.labels, store, sample_rate=cfg.sample_rate,
+                             max_audio_seconds=cfg.max_audio_seconds, max_video_frames=cfg.max_video_frames)
+    batch = Collator(True, True, store.dim, keep_failed=False)([dataset[0]])
+    keys = ("waveform", "waveform_mask", "video", "video_mask")
+    with torch.no_grad():
+        logits = model.eval()(**{k: batch[k] for k in keys}).logits
+    return torch.softmax(logits.double(), dim=-1)[0].numpy()
+
+
+def test_predict_agrees_with_training_pipeline(request, tmp_path, caplog):
+    """A clip cut from the synthetic corpus gets the training pipeline's probabilities."""
+    try:
+        prepared = Path(request.getfixturevalue("prepared_dir"))
+    except pytest.FixtureLookupError:
+        pytest.skip("the synthetic corpus fixtures (tests/conftest.py) are not available")
+    from foalnet.data.manifest import read_manifest, write_manifest
+    from foalnet.features.base import build_visual_encoder
+    from foalnet.features.extract import extract_visual
+    from foalnet.features.store import VisualFeatureStore
+
+    records = [r for r in read_manifest(prepared) if r["side"] in ("left", "right")]
+    chosen = [next(r for r in records if r["side"] == side) for side in ("left", "right")]
+    data_dir = tmp_path / "data"  # a private copy: the shared fixture stays untouched
+    data_dir.mkdir()
+    write_manifest(data_dir, chosen)
+    extract_visual(data_dir, build_visual_encoder("tiny"), crop="side", progress=False)
+    store = VisualFeatureStore.open(data_dir)
+    meta = dict(store.meta)
+    torch.manual_seed(0)
+    config = FoalNetConfig.tiny(video_dim=store.dim, visual_encoder=meta["encoder"],
+                                visual_settings={k: v for k, v in meta.items() if k not in ("encoder", "dim")})
+    folder = FoalNet(config).save_pretrained(tmp_path / "model")
+    predictor = Predictor.from_pretrained(folder)
+    for record in chosen:
+        clip = _cut_clip(record, tmp_path / f"{record['id']}.mkv")
+        expected = _training_probs(predictor.model, record, store)
+        got = predictor.predict(clip, crop=record["side"])
+        _check(got, ["audio", "video"])
+        np.testing.assert_allclose([got["probabilities"][c] for c in config.labels], expected, atol=1e-5)
+        other = "left" if record["side"] == "right" else "right"  # the crop matters
+        wrong = predictor.predict(clip, crop=other)["probabilities"]
+        assert max(abs(wrong[c] - p) for c, p in zip(config.labels, expected)) > 1e-4
+    with caplog.at_level("WARNING"):
+        assert predictor.predict(clip)["input"] == str(clip)  # trained on "side": full frame + warning
+    assert "--crop left/right" in caplog.text
+
+
+def test_list_file_relative_paths(tmp_path, monkeypatch):
+    from foalnet.infer.commands import expand_inputs
+
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "near.mp4").write_bytes(b"x")
+    (tmp_path / "cwd.mp4").write_bytes(b"x")
+    listing = tmp_path / "lists" / "in.lst"
+    listing.write_text("near.mp4\ncwd.mp4\n\n# skipped\nmissing.mp4\n")
+    monkeypatch.chdir(tmp_path)
+    assert expand_inputs([str(listing)]) == [str(tmp_path / "lists" / "near.mp4"), "cwd.mp4",
+                                             str(tmp_path / "lists" / "missing.mp4")]
+
+
+def test_window_frames_bounded_memory(av_predictor, tmp_path):
+    """40 s of video (7.4 MB of RGB frames) served window by window keeps < 2 MB of arrays alive."""
+    path = make_clip(tmp_path / "long_video.mp4", seconds=40.0, acodec=None, fps=10, size=(96, 64))
+    info = media.probe(path)
+    spans = [(float(s), float(s + 2)) for s in media.window_starts(40.0, 2.0, 2.0)]
+    tracemalloc.start()
+    shapes = [feats.shape for feats in av_predictor._window_frames(str(path), info, "full", spans)]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(shapes) == 20 and all(20 <= s[0] <= 21 for s in shapes)
+    assert peak < 2_000_000, peak

@@ -35,7 +35,7 @@ SR = 16000
 FPS = 30
 WIDTH, HEIGHT = 720, 480
 HALF = WIDTH // 2
-PAD = 8  # sprite margin for per-utterance head shifts
+PAD = 1  # sprite margin for per-utterance head shifts
 MARKER_FILE = "foalnet_synth.json"
 
 # code -> (arousal, valence) centres; the codes after "ang" are dropped by the protocol.
@@ -134,7 +134,7 @@ def make_actor(rng: np.random.Generator, session: int, gender: str) -> Actor:
     bg = tuple(int(c) for c in rng.uniform([40, 40, 60], [110, 110, 140]))
     face = Face(skin=skin, hair=hair, bg=bg, rx=rng.uniform(105, 130), ry=rng.uniform(140, 165),
                 cy=rng.uniform(235, 265), eye_dx=rng.uniform(40, 52), eye_dy=rng.uniform(35, 50),
-                eye_r=rng.uniform(9, 13), mouth_dy=rng.uniform(60, 80), mouth_w=rng.uniform(42, 58))
+                eye_r=rng.uniform(9, 13), mouth_dy=rng.uniform(60, 75), mouth_w=rng.uniform(55, 68))
     return Actor(f"Ses0{session}{gender}", gender, voice, face)
 
 
@@ -197,14 +197,14 @@ def draw_face(face: Face, valence: float, mouth: float, base: np.ndarray | None 
     cx, cy = (HALF + 2 * PAD) / 2, face.cy + PAD
     if valence > 0:  # blush on the cheeks grows with positive valence
         for side in (-1, 1):
-            _ellipse(img, cx + side * (face.eye_dx + 18), cy + 25, 22, 14, (230, 90, 110),
-                     alpha=min(0.6, 0.45 * valence))
+            _ellipse(img, cx + side * (face.eye_dx + 20), cy + 22, 30, 20, (200, 40, 70),
+                     alpha=min(0.8, 0.6 * valence))
     ey = cy - face.eye_dy
     for side in (-1, 1):
         brow_y = ey - face.eye_r - 16
         inner_x, outer_x = cx + side * 10, cx + side * (face.eye_dx + 26)
         # negative valence lowers the inner ends (frown); positive raises the brows
-        _segment(img, inner_x, brow_y - 8 * valence, outer_x, brow_y - 3 * max(valence, 0.0), 8,
+        _segment(img, inner_x, brow_y - 14 * valence, outer_x, brow_y - 5 * max(valence, 0.0), 12,
                  face.hair)
     _draw_mouth(img, cx, cy + face.mouth_dy, face.mouth_w, valence, mouth)
     return img
@@ -216,10 +216,10 @@ def _draw_mouth(img: np.ndarray, cx: float, my: float, w: float, valence: float,
     box = _box(cx - w, my - 60, cx + w, my + 60)
     u = (_XX[box] - cx) / w
     inside = np.abs(u) <= 1.0
-    centre = my - 24.0 * valence * u ** 2 + 6.0 * valence  # corners up for valence > 0
+    centre = my - 40.0 * valence * u ** 2 + 10.0 * valence  # corners up for valence > 0
     half_open = 16.0 * mouth * (1.0 - u ** 2)
     dist = np.abs(_YY[box] - centre)
-    _fill(img, box, inside & (dist <= half_open + 4.0), (150, 40, 50))
+    _fill(img, box, inside & (dist <= half_open + 6.0), (120, 20, 35))
     _fill(img, box, inside & (dist < half_open), (50, 10, 15))
 
 
@@ -345,7 +345,7 @@ def make_dialog(rng: np.random.Generator, spec: DialogSpec, actors: dict[str, Ac
         n = int(round(end * SR)) - int(round(start * SR))
         aro, val = EMOTIONS[code]
         arousal = aro + rng.normal(0, 0.2)
-        valence = val * rng.uniform(0.4, 1.2) + rng.normal(0, 0.25)
+        valence = val * rng.uniform(0.5, 1.2) + rng.normal(0, 0.2)
         wave, env = synth_voice(rng, actor.voice, arousal, n)
         wave += background(rng, n, rng.uniform(-58, -46))
         utt_id = f"{spec.name}_{gender}{counters[gender]:03d}"

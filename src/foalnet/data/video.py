@@ -226,14 +226,16 @@ def _resampled(frames: Iterator[tuple[float, object]], fps: float | None,
 
 
 def walk_spans(path: str | os.PathLike, spans: Sequence[tuple[float | None, float | None]],
-               fps: float | None = None, seek_gap: float = SEEK_GAP,
+               fps: float | None = None, seek_gap: float | None = None,
                ) -> Iterator[SpanFrame | SpanClosed]:
     """Decode `path` once and serve every span (start, end) in seconds (None: file edge).
 
     Yields a SpanFrame for each frame owned by at least one span (only those are converted to
     RGB) and exactly one SpanClosed per span, in the order the spans end. Raises VideoError
     when the file cannot be opened at all; problems of single spans come as SpanClosed.error.
+    `seek_gap` (default SEEK_GAP seconds): jump instead of decoding across longer gaps.
     """
+    seek_gap = SEEK_GAP if seek_gap is None else seek_gap
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     states = _normalise_spans(spans)

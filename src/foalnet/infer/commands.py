@@ -25,6 +25,24 @@ MEDIA_SUFFIXES = {
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets options sit between the paths (`predict MODEL --window 2 a.mp4 b.mp4`).
+
+    Plain argparse binds the empty INPUT list at MODEL_DIR and then rejects the later paths.
+    """
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
@@ -48,15 +66,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--visual-encoder", help="override the visual encoder recorded in the model "
                    "folder (e.g. a local copy of the CLIP checkpoint)")
     p.set_defaults(func=run)
+    p.__class__ = _IntermixedParser  # same object, one overridden method (see the class)
 
 
 def _list_file(path: Path) -> Iterator[str]:
-    """Paths listed in a text file; relative ones are relative to the list's folder."""
+    """Paths listed in a text file; a relative one is taken from the list's folder, or from the
+    current folder when only that one exists."""
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             entry = Path(line).expanduser()
-            yield str(entry if entry.is_absolute() else path.parent / entry)
+            if not entry.is_absolute():
+                beside = path.parent / entry
+                entry = beside if beside.exists() or not entry.exists() else entry
+            yield str(entry)
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:

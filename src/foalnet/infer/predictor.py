@@ -9,8 +9,9 @@ input, never an exception that stops the batch).
 Preprocessing is the training one: mono audio at the model rate, cut to the first
 ``max_audio_seconds``; frames sampled with the recorded fps policy and crop, embedded by the
 recorded encoder, cut to the first ``max_video_frames``. Memory stays bounded on long
-recordings: without a window only that first span is decoded; with a window, audio is streamed
-in one pass and frames are read window by window, and at most ``batch_size`` windows are held.
+recordings: without a window only that first span is decoded; with a window, audio and video
+are each decoded in ONE streaming pass that serves all (overlapping) windows, holding only the
+open windows' samples/embeddings, and at most ``batch_size`` rows wait for the model.
 """
 from __future__ import annotations
 
@@ -240,8 +241,12 @@ class Predictor:
         """Results in input order, each as soon as it is complete (streaming, for the CLI)."""
         crop = self._check_crop(crop)
         window, hop = check_window(window, hop)
+        if window and "audio" in self.modalities and window > self.config.max_audio_seconds:
+            log.warning("window %.1f s is longer than the %.1f s of audio the model reads: only the "
+                        "start of each window is used (as in training)", window, self.config.max_audio_seconds)
         jobs: deque[_Job] = deque()
         batch: list[_Item] = []
+        warned_long = False
         for source in sources:
             job = _Job(source)
             jobs.append(job)
@@ -257,6 +262,11 @@ class Predictor:
                 job.error = _describe(err)
                 log.debug("input %s failed", source.input, exc_info=True)
             job.complete = True
+            if window is None and not warned_long and self._longer_than_read(job):
+                warned_long = True
+                log.warning("%s lasts %.1f s: only its first %.1f s of audio / %d frames are read, as "
+                            "in training; --window covers a whole recording", source.input, job.duration,
+                            self.config.max_audio_seconds, self.config.max_video_frames)
             while jobs and jobs[0].done():
                 yield self._result(jobs.popleft())
         if batch:
@@ -265,6 +275,11 @@ class Predictor:
             yield self._result(jobs.popleft())
 
     # ----------------------------------------------------------------- preprocessing
+    def _longer_than_read(self, job: _Job) -> bool:
+        """Whether the model reads only the start of this (whole-file) input."""
+        return job.error is None and job.duration is not None and \
+            job.duration > self.config.max_audio_seconds + 0.5
+
     def _check_crop(self, crop: str | None) -> str:
         if crop is None:
             recorded = self.settings.get("crop")
@@ -504,5 +519,5 @@ def make_sources(
     n = max(len(audios), len(videos))
     audios = audios or [None] * n
     videos = videos or [None] * n
-    sources = [Source(v or a, a, v) for a, v in zip(audios, videos)]
-    return sources, (single_a or not audios[0]) and (single_v or not videos[0]) and n == 1
+    single = (not audios[0] or single_a) and (not videos[0] or single_v)
+    return [Source(v or a, a, v) for a, v in zip(audios, videos)], single

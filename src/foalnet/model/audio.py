@@ -89,7 +89,11 @@ class HFAudioEncoder(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Activation checkpointing of the transformer layers (WavLM-Large at batch 16 on 24 GB)."""
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def frame_mask(self, waveform_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
         """[B,S] bool -> [B,L] bool: frame j is valid iff j < output_length(valid samples)."""

@@ -41,7 +41,8 @@ SAMPLE_RATE = 16000
 class OfflineAudioConfig:
     """Options of :class:`OfflineAudioEncoder` (all JSON-serialisable, all defaulted)."""
 
-    hidden_size: int = 128  # width of the output frames
+    hidden_size: int = 64  # width of the output frames
+    stride: int = 2  # front-end frames (10 ms) merged per output frame; 2 -> 20 ms frames
     num_layers: int = 2  # dilated residual conv blocks after the input projection
     kernel_size: int = 5  # temporal kernel of each conv block (frames of 10 ms)
     dropout: float = 0.1  # dropout inside the conv blocks
@@ -58,6 +59,8 @@ class OfflineAudioConfig:
         bad = []
         if self.hidden_size < 1:
             bad.append(f"hidden_size={self.hidden_size}")
+        if self.stride < 1:
+            bad.append(f"stride={self.stride}")
         if self.num_layers < 0:
             bad.append(f"num_layers={self.num_layers}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -238,7 +241,8 @@ class OfflineAudioEncoder(nn.Module):
         self.front_end = DSPFrontEnd(cfg)
         self.hidden_size = cfg.hidden_size
         copies = (2 if cfg.normalization == "both" else 1) + int(cfg.utterance_std)
-        self.input_proj = nn.Linear(self.front_end.num_features * copies, cfg.hidden_size)
+        in_features = self.front_end.num_features * copies
+        self.input_proj = nn.Conv1d(in_features, cfg.hidden_size, cfg.stride, stride=cfg.stride)
         self.input_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             ConvBlock(cfg.hidden_size, cfg.kernel_size, 2**i, cfg.dropout) for i in range(cfg.num_layers)
@@ -261,16 +265,24 @@ class OfflineAudioEncoder(nn.Module):
                 parts.append(std.expand_as(x) * valid)
             return torch.cat(parts, -1), mask
 
-    def encode(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Trainable part: features (B, L, F') and mask (B, L) -> hidden (B, L, H)."""
-        h = self.input_drop(F.gelu(self.input_proj(feats)))  # (B, L, H)
+    def output_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Front-end frame mask (B, L) -> output frame mask (B, ceil(L / stride))."""
+        return mask[:, :: self.config.stride]
+
+    def encode(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trainable part: features (B, L, F'), mask (B, L) -> hidden (B, L', H), mask (B, L')."""
+        B, L, _ = feats.shape
+        extra = -L % self.config.stride
+        x = F.pad(feats * mask.unsqueeze(-1), (0, 0, 0, extra)).transpose(1, 2)  # (B, F', L + extra)
+        out_mask = self.output_mask(mask)  # (B, L')
+        h = self.input_drop(F.gelu(self.input_proj(x).transpose(1, 2)))  # (B, L', H)
         for block in self.blocks:
-            h = block(h, mask)
-        return self.out_norm(h) * mask.unsqueeze(-1)
+            h = block(h, out_mask)
+        return self.out_norm(h) * out_mask.unsqueeze(-1), out_mask
 
     def forward(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """waveform (B, S) at 16 kHz, waveform_mask (B, S) bool -> hidden (B, L, H), frame_mask (B, L)."""
         if waveform.dim() != 2 or waveform.shape != waveform_mask.shape:
             raise ValueError(f"waveform {tuple(waveform.shape)} and mask {tuple(waveform_mask.shape)} must be equal (B, S)")
         feats, mask = self.features(waveform, waveform_mask.bool())
-        return self.encode(feats.to(self.input_proj.weight.dtype), mask), mask
+        return self.encode(feats.to(self.input_proj.weight.dtype), mask)

@@ -402,14 +402,15 @@ class FoalNet(nn.Module):
         c = self.config
         losses: dict[str, torch.Tensor] = {}
         a_align = v_align = sim_av = sim_va = None
-        labels_all = gather_batch(labels) if labels is not None else None
+        want_mem = c.use_mem and labels is not None and (self.training if compute_mem is None else compute_mem)
+        needs_pool = labels is not None and (c.use_avel or want_mem)
+        labels_all = gather_batch(labels) if needs_pool else None  # (N,) all ranks' labels
         if c.use_avel:
             a_align, v_align = self.align(audio, audio_mask, video, video_mask)
             if labels is not None:
                 losses["avel"], sim_av, sim_va = avel_loss(
                     a_align, v_align, gather_batch(a_align), gather_batch(v_align), labels, labels_all, self.tau)
-        want_mem = self.training if compute_mem is None else compute_mem
-        if c.use_mem and want_mem and labels is not None:
+        if want_mem:
             audio_out, video_out, losses["mem"] = self._fuse_with_negatives(
                 audio, audio_mask, video, video_mask, labels, labels_all, sim_av, sim_va)
         else:

@@ -1,0 +1,248 @@
+"""Training engine: sampler, collate, 2-epoch smoke run with every output file, bad items, NaNs."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from foalnet.cli import main
+from foalnet.train.data import BalancedSampler, Collator, EmotionDataset, Item
+
+# Small, fast settings shared by the end-to-end tests of this folder.
+FAST = ["--preset", "tiny", "--set", "train.batch_size=4", "--set", "train.eval_batch_size=8"]
+
+
+def make_visual_data(prepared_dir: Path, dest: Path) -> Path:
+    """A private copy of the prepared synthetic DATA_DIR with tiny visual features extracted."""
+    if not (dest / "visual").is_dir():
+        shutil.copytree(prepared_dir, dest, dirs_exist_ok=True)
+        assert main(["extract-visual", str(dest), "--encoder", "tiny", "--no-progress"]) == 0
+    return dest
+
+
+@pytest.fixture(scope="module")
+def data_dir(prepared_dir, tmp_path_factory) -> Path:
+    return make_visual_data(Path(prepared_dir), tmp_path_factory.mktemp("train") / "data")
+
+
+# ----------------------------------------------------------------------------- sampler / collate
+
+
+def test_balanced_sampler_draws_classes_equally_with_replacement():
+    targets = [0] * 90 + [1] * 10
+    sampler = BalancedSampler(targets, seed=1)
+    counts = Counter()
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        draws = list(sampler)
+        assert len(draws) == 100  # as many draws as items
+        counts.update(targets[i] for i in draws)
+    assert abs(counts[1] / 2000 - 0.5) < 0.05  # class 1 is 10 % of items but ~50 % of draws
+    sampler.set_epoch(3)
+    assert list(sampler) == list(sampler)  # deterministic in (seed, epoch)
+    first = list(sampler)
+    sampler.set_epoch(4)
+    assert list(sampler) != first
+    assert len(set(first)) < 100  # with replacement: repeats
+
+
+def test_length_grouping_keeps_the_same_draws():
+    targets = [0, 1, 2, 3] * 25
+    lengths = np.random.default_rng(0).uniform(0.5, 6.0, size=100).tolist()
+    plain = BalancedSampler(targets, seed=5)
+    grouped = BalancedSampler(targets, seed=5, lengths=lengths, batch_size=4, group_batches=5)
+    assert sorted(plain) == sorted(grouped)  # same multiset: class balance unchanged
+    order = list(grouped)
+    batches = [order[i:i + 4] for i in range(0, 100, 4)]
+    for batch in batches:  # each batch sorted by length inside its window
+        lens = [lengths[i] for i in batch]
+        assert lens == sorted(lens, reverse=True)
+
+
+def test_collate_pads_to_longest_and_masks():
+    items = [Item(0, "a", 1, np.ones(5, np.float32), np.ones((2, 3), np.float32)),
+             Item(1, "b", 0, np.ones(3, np.float32), np.ones((4, 3), np.float32)),
+             Item(2, "c", 2, error="AudioError: truncated")]
+    train = Collator(True, True, 3, keep_failed=False)(items)
+    assert train["waveform"].shape == (2, 5) and train["video"].shape == (2, 4, 3)
+    assert train["waveform_mask"].tolist() == [[True] * 5, [True] * 3 + [False] * 2]
+    assert train["video_mask"].sum(1).tolist() == [2, 4]
+    assert train["waveform"][1, 3:].abs().sum() == 0
+    assert train["ids"] == ["a", "b"] and train["failed"] == [("c", "AudioError: truncated")]
+    evaluation = Collator(True, True, 3, keep_failed=True)(items)
+    assert evaluation["valid"].tolist() == [True, True, False]  # placeholder row, all masked
+    assert not evaluation["waveform_mask"][2].any()
+
+
+def test_dataset_reports_unreadable_items(tmp_path):
+    record = {"id": "u1", "label": "neu", "wav": str(tmp_path / "missing.wav"),
+              "audio_start": None, "audio_end": None}
+    ds = EmotionDataset([record], ["neu", "hap"], use_video=False)
+    item = ds[0]
+    assert item.error and "missing.wav" in item.error and item.waveform is None
+    assert ds.failed == {"u1": item.error}
+    with pytest.raises(ValueError, match="not in the model labels"):
+        EmotionDataset([{**record, "label": "fear"}], ["neu"], use_video=False)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_two_epoch_smoke_run_writes_every_output(data_dir, tmp_path):
+    from foalnet.features.store import VisualFeatureStore
+    from foalnet.model.foalnet import FoalNet
+
+    run = tmp_path / "run"
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(run), *FAST,
+                 "--set", "train.epochs=2"]) == 0
+    for name in ("config.yaml", "labels.txt", "metrics.csv", "predictions.csv", "confusion.png",
+                 "summary.json", "rejected.jsonl", "best/config.json", "last/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    config_text = (run / "config.yaml").read_text()
+    assert "git:" in config_text and "torch:" in config_text
+    summary = json.loads((run / "summary.json").read_text())
+    test = summary["test"]
+    assert set(test) >= {"ua", "wa", "macro_f1", "confusion"}
+    assert all(0.0 <= test[k] <= 1.0 for k in ("ua", "wa", "macro_f1"))
+    assert summary["selected_epoch"] in (1, 2) and summary["selected_on"] == "dev"
+    assert "test fold 1 untouched" in summary["protocol"] and summary["skipped_items"] == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and "dev_ua" in rows[0]
+    preds = list(csv.DictReader((run / "predictions.csv").open()))
+    assert len(preds) == summary["test_items"] == sum(map(sum, test["confusion"]))
+    labels = (run / "labels.txt").read_text().split()
+    for row in preds:
+        assert sum(float(row[f"p_{lab}"]) for lab in labels) == pytest.approx(1.0, abs=1e-4)
+    # both model folders load, and record how the visual features were made
+    store = VisualFeatureStore.open(data_dir)
+    for name in ("best", "last"):
+        model = FoalNet.from_pretrained(run / name)
+        assert model.labels == labels
+        assert model.config.visual_encoder == "tiny" and model.config.video_dim == store.dim
+    # the selected weights are the ones in best/: re-evaluating them reproduces the test UA
+    assert summary["test"]["n"] == len(preds)
+
+
+def test_select_on_test_is_labelled_everywhere(data_dir, tmp_path):
+    run = tmp_path / "paper"
+    assert main(["train", str(data_dir), "--fold", "2", "--out", str(run), *FAST,
+                 "--set", "train.epochs=1", "--select-on-test", "--modality", "audio"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selected_on"] == "test" and "select-on-test" in summary["protocol"]
+    assert "test_ua" in (run / "metrics.csv").read_text().splitlines()[0]
+    assert "select_on_test: true" in (run / "config.yaml").read_text()
+    assert summary["modality"] == "audio" and not summary["use_avel"]
+
+
+def test_corrupt_feature_and_audio_are_skipped_reported_and_counted(data_dir, tmp_path):
+    from foalnet.data.manifest import read_manifest
+    from foalnet.features.store import VisualFeatureStore
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    store = VisualFeatureStore.open(data)
+    test_items = [r for r in read_manifest(data) if r["fold"] == 3]
+    bad_feat, bad_wav = test_items[0], test_items[1]
+    store.path_of(bad_feat["id"]).write_bytes(b"not a numpy file")
+    wav_copy = tmp_path / "broken.wav"
+    wav_copy.write_bytes(Path(bad_wav["wav"]).read_bytes()[:30])  # truncated header
+    lines = (data / "manifest.jsonl").read_text().splitlines()
+    lines = [ln.replace(json.dumps(bad_wav["wav"]), json.dumps(str(wav_copy))) for ln in lines]
+    (data / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--fold", "3", "--out", str(run), *FAST,
+                 "--set", "train.epochs=1"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    rejected = [json.loads(x) for x in (run / "rejected.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in rejected} == {bad_feat["id"], bad_wav["id"]}
+    assert all(r["reason"] for r in rejected)
+    assert summary["skipped_items"] == 2
+    assert summary["test"]["n"] == len(test_items) - 2  # the rest was evaluated
+
+
+class _NanHooks:
+    """Default hooks, but the loss is NaN on the steps listed (or on every step)."""
+
+    def __init__(self, steps=None):
+        from foalnet.train.loop import Hooks
+
+        self.base, self.steps, self.step = Hooks(), steps, 0
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def compute_objectives(self, output, batch):
+        loss, parts = self.base.compute_objectives(output, batch)
+        self.step += 1
+        if self.steps is None or self.step in self.steps:
+            loss = loss * float("nan")
+        return loss, parts
+
+
+def _tiny_cfg(data_dir, *extra):
+    from foalnet.config import preset
+
+    return preset("tiny").override([f"data.data_dir={data_dir}", "data.fold=1", "train.batch_size=4",
+                                    "train.eval_batch_size=8", *extra])
+
+
+def test_nan_steps_are_skipped_then_repeated_nans_stop_with_checkpoint_kept(data_dir, tmp_path):
+    from foalnet.train.checkpoint import find_latest
+    from foalnet.train.loop import TrainingDiverged
+    from foalnet.train.run import train_fold
+
+    summary = train_fold(_tiny_cfg(data_dir, "train.epochs=1"), tmp_path / "a", hooks=_NanHooks({2, 3}))
+    assert summary["nan_steps"] == 2 and (tmp_path / "a" / "summary.json").is_file()
+
+    cfg = _tiny_cfg(data_dir, "train.epochs=2", "train.nan_patience=3")
+    hooks = _NanHooks(set(range(_steps_per_epoch(cfg) + 1, 10_000)))  # epoch 1 fine, then NaN
+    with pytest.raises(TrainingDiverged, match="Last good checkpoint kept: .*e0001-s000000"):
+        train_fold(cfg, tmp_path / "b", hooks=hooks)
+    latest = find_latest(tmp_path / "b" / "checkpoints")
+    assert latest is not None and latest.name == "e0001-s000000"
+    assert not (tmp_path / "b" / "summary.json").exists()
+
+
+def _steps_per_epoch(cfg) -> int:
+    from foalnet.train.run import load_fold
+
+    n = len(load_fold(cfg).train)
+    return -(-n // cfg.train.batch_size)
+
+
+def test_cv_summary_report_and_skip_of_completed_folds(data_dir, tmp_path):
+    out = tmp_path / "cv"
+    args = ["cv", str(data_dir), "--out", str(out), *FAST, "--set", "train.epochs=1",
+            "--folds", "1,2", "--modality", "video"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds"] == [1, 2] and len(summary["ua"]["per_fold"]) == 2
+    assert summary["ua"]["mean"] == pytest.approx(np.mean(summary["ua"]["per_fold"]))
+    assert (out / "confusion.png").is_file() and "mean ± std" in (out / "report.md").read_text()
+    stamp = (out / "fold1" / "summary.json").stat().st_mtime_ns
+    assert main(args) == 0  # completed folds are not re-run
+    assert (out / "fold1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_bad_command_line_exits_2(data_dir, tmp_path):
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(tmp_path / "r"), "--preset",
+                 "tiny", "--set", "train.epochs=zero"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert main(["cv", str(data_dir), "--out", str(tmp_path / "c"), "--preset", "tiny",
+                 "--folds", "9"]) == 2
+
+
+def test_engine_uses_gather_for_metrics_with_placeholder_rows():
+    """Evaluation keeps unreadable items as masked rows so every process has equal batches."""
+    collate = Collator(True, False, 4, keep_failed=True)
+    batch = collate([Item(0, "a", 0, np.ones(3, np.float32)), Item(1, "b", 1, error="x")])
+    assert batch["index"].tolist() == [0, 1] and batch["valid"].tolist() == [True, False]
+    assert batch["waveform"].shape == (2, 3) and torch.equal(batch["labels"], torch.tensor([0, 1]))
