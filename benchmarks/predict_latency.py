@@ -184,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {row['warm_per_file_s']:.3f} s/file, peak {row['peak_rss_mb']:.0f} MB",
                   flush=True)
     meta = {"threads": args.threads, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
             "clip": "720x480 30 fps H.264 + AAC 48 kHz stereo mp4", "preset": "tiny (random init)"}
     print()
     print(table(rows))
+    print(f"\n{args.threads} torch thread(s), {os.cpu_count()} CPUs, load average "
+          f"{meta['load_average_1min_at_end']} (other processes inflate the times)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(f"\nwrote {args.out}")

@@ -2,8 +2,12 @@
 
 Run from the repository root (plain Python, no install needed beyond the dev venv)::
 
-    python benchmarks/train_step.py                 # small: 2-layer encoder, few steps
-    python benchmarks/train_step.py --full          # + 12-layer encoder, + epoch estimate grid
+    python benchmarks/train_step.py                 # 2-layer encoder, mix + full inputs, epoch estimate
+    python benchmarks/train_step.py --full          # + 12-layer encoder (mix inputs), finer epoch grid
+
+Every measurement is appended to ``results/train_step.jsonl`` as soon as it exists, and a rerun
+skips the configurations already there (``--fresh`` re-measures), so a long run can be split
+(e.g. ``--layers 12`` alone) and still end in one table.
 
 What is measured, and how
 -------------------------
@@ -25,10 +29,13 @@ What is measured, and how
   [1, 8] s), cut at 6 s; ``full`` = every item 6 s (padding gains excluded). Video: 30 frames/s,
   cut at 180. FoalNet gets batches padded to the longest item; the reference pads to 6 s / 180.
 * Epoch estimate: FoalNet's step time is measured at a grid of padded lengths (all items that
-  long); an epoch of class-balanced draws over ``--epoch-items`` IEMOCAP-like items is then
-  costed batch by batch at its padded length (linear interpolation on the grid), with random
-  batches and with length-grouped batches. The reference costs ``n_batches x`` its step time
-  (its batches are always 6 s). Data loading is not included (the features are cached).
+  long); one epoch of ``--epoch-items`` IEMOCAP-like items drawn by the training engine's
+  ``foalnet.train.data.BalancedSampler`` (class-balanced, with replacement; with ``lengths`` =
+  length-grouped in windows of 50 batches) is then costed batch by batch at its padded length
+  (linear interpolation on the grid), for random and for length-grouped batches. The reference
+  costs ``n_batches x`` its step time (its batches are always 6 s). Data loading is not included
+  (the visual features are cached; audio decoding runs in DataLoader workers).
+* The CPU is shared: the 1-minute load average is stored with each measurement.
 """
 
 from __future__ import annotations
@@ -285,6 +292,29 @@ def sampler_batches(labels: np.ndarray, secs: np.ndarray, batch_size: int, seed:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def grouped_short_batch_last(labels: np.ndarray, secs: np.ndarray, batch_size: int, seed: int,
+                             window: int = 50) -> list[np.ndarray]:
+    """Length grouping as BalancedSampler does it, but with the one short batch kept LAST.
+
+    BalancedSampler shuffles a short (< batch_size) batch into the middle of its index stream; the
+    DataLoader then cuts every later batch across two length groups. This variant shows the gain
+    once that is fixed (same class-balanced draws, same windows)."""
+    from foalnet.train.data import BalancedSampler
+
+    draws = BalancedSampler(labels.tolist(), seed=seed).indices()  # the same draws, ungrouped
+    rng = np.random.default_rng(seed)
+    batches = []
+    span = batch_size * window
+    for start in range(0, len(draws), span):
+        chunk = np.asarray(draws[start:start + span])
+        chunk = chunk[np.argsort(-secs[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    short = [b for b in batches if len(b) < batch_size]
+    order = rng.permutation(len(full))
+    return [full[i] for i in order] + short
+
+
 def epoch_estimate(grid: dict[float, float], orig_step: float, n_items: int, batch_size: int, seed: int) -> dict:
     """Cost one epoch batch by batch (see module docstring)."""
     rng = np.random.default_rng(seed)
@@ -298,6 +328,7 @@ def epoch_estimate(grid: dict[float, float], orig_step: float, n_items: int, bat
 
     random_batches = sampler_batches(labels, secs, batch_size, seed, grouped=False)
     grouped = sampler_batches(labels, secs, batch_size, seed, grouped=True)
+    grouped_fixed = grouped_short_batch_last(labels, secs, batch_size, seed)
     source = "foalnet.train.data.BalancedSampler(lengths=..., group_batches=50)"
     n_batches = len(random_batches)
     return {
@@ -305,8 +336,10 @@ def epoch_estimate(grid: dict[float, float], orig_step: float, n_items: int, bat
         "original_s": n_batches * orig_step,
         "ours_random_s": cost(random_batches),
         "ours_grouped_s": cost(grouped),
+        "ours_grouped_short_last_s": cost(grouped_fixed),
         "mean_padded_s_random": float(np.mean([secs[b].max() for b in random_batches])),
         "mean_padded_s_grouped": float(np.mean([secs[b].max() for b in grouped])),
+        "mean_padded_s_grouped_short_last": float(np.mean([secs[b].max() for b in grouped_fixed])),
     }
 
 
@@ -332,23 +365,32 @@ def epoch_lines(est: dict) -> str:
     return (f"epoch ({est['items']} items, {est['batches']} batches, grouping: {est['grouping']}):\n"
             f"  original {o / 60:.1f} min | ours random batches {est['ours_random_s'] / 60:.1f} min "
             f"({o / est['ours_random_s']:.2f}x) | ours length-grouped {est['ours_grouped_s'] / 60:.1f} min "
-            f"({o / est['ours_grouped_s']:.2f}x); mean padded length {est['mean_padded_s_random']:.2f} s "
-            f"-> {est['mean_padded_s_grouped']:.2f} s")
+            f"({o / est['ours_grouped_s']:.2f}x) | grouped, short batch last {est['ours_grouped_short_last_s'] / 60:.1f} min "
+            f"({o / est['ours_grouped_short_last_s']:.2f}x)\n  mean padded length: random {est['mean_padded_s_random']:.2f} s, "
+            f"grouped {est['mean_padded_s_grouped']:.2f} s, short batch last {est['mean_padded_s_grouped_short_last']:.2f} s")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--full", action="store_true", help="also the 12-layer encoder and a finer epoch grid")
     p.add_argument("--layers", type=int, nargs="+", default=None, help="audio encoder depths (default 2; --full: 2 12)")
-    p.add_argument("--steps", type=int, default=3, help="measured steps per configuration (2-layer)")
-    p.add_argument("--steps-large", type=int, default=2, help="measured steps for encoders deeper than 4 layers")
+    p.add_argument("--inputs", nargs="+", choices=("mix", "full"), default=["mix", "full"],
+                   help="length mixes measured for encoders of <= 4 layers")
+    p.add_argument("--inputs-large", nargs="+", choices=("mix", "full"), default=["mix"],
+                   help="length mixes measured for deeper encoders (slow on this CPU)")
+    p.add_argument("--steps", type=int, default=2, help="measured steps per configuration (<= 4 layers)")
+    p.add_argument("--steps-large", type=int, default=1, help="measured steps for deeper encoders")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps before measuring")
+    p.add_argument("--grid", type=float, nargs="+", default=None,
+                   help="padded lengths (s) for the epoch estimate besides 6 s (default 1.5 3; --full: 1 2 3 4.5)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared; default 1)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--epoch-items", type=int, default=4425, help="training items per fold (5531 x 4/5)")
     p.add_argument("--no-epoch", action="store_true", help="skip the epoch estimate")
-    p.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json",
+                   help="summary JSON; every measurement is also appended to OUT with suffix .jsonl")
+    p.add_argument("--fresh", action="store_true", help="ignore measurements already in the .jsonl")
     p.add_argument("--workdir", type=Path, default=None, help="where to build the random checkpoints (temp)")
     # worker-only options
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -359,36 +401,78 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def config_key(r: dict) -> tuple:
+    """What makes two measurements the same configuration (for resuming)."""
+    return (r["impl"], r["layers"], r["lengths"], r["seconds"], r["batch_size"], r["threads"])
+
+
+def load_log(path: Path) -> dict[tuple, dict]:
+    """Measurements already appended to the .jsonl log, by configuration (last one wins)."""
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[config_key(r)] = r
+    return done
+
+
+class Session:
+    """Runs configurations once each, appending every result to the .jsonl log as it arrives."""
+
+    def __init__(self, args: argparse.Namespace, log: Path) -> None:
+        self.args, self.log = args, log
+        self.done = {} if args.fresh else load_log(log)
+        self.results: list[dict] = []
+
+    def measure(self, model_dir: Path, impl: str, layers: int, lengths: str, steps: int,
+                seconds: float | None = None) -> dict:
+        a = self.args
+        key = (impl, layers, lengths, seconds, a.batch_size, a.threads)
+        if key in self.done:
+            r = self.done[key]
+            print(f"  {impl:8s} L={layers:2d} {lengths if seconds is None else seconds}: "
+                  f"{r['step_s_median']:.2f} s (from {self.log.name})", flush=True)
+        else:
+            r = run_config(model_dir, impl, layers, lengths, steps, a.warmup, a.threads, a.batch_size, a.seed, seconds)
+            r["load_avg_1min"] = os.getloadavg()[0]
+            with self.log.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+        if all(config_key(x) != key for x in self.results):
+            self.results.append(r)
+        return r
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
     layers = args.layers or ([2, 12] if args.full else [2])
-    grid_seconds = [1.0, 2.0, 3.0, 4.5, 6.0] if args.full else [1.5, 3.0, 6.0]
-    results, epochs = [], {}
+    grid_seconds = args.grid or ([1.0, 2.0, 3.0, 4.5] if args.full else [1.5, 3.0])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    session = Session(args, args.out.with_suffix(".jsonl"))
+    epochs = {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n_layers in layers:
+            large = n_layers > 4
+            steps = args.steps_large if large else args.steps
             model_dir = build_checkpoint(Path(tmp), n_layers, args.seed)
-            steps = args.steps if n_layers <= 4 else args.steps_large
-            common = dict(steps=steps, warmup=args.warmup, threads=args.threads, batch_size=args.batch_size, seed=args.seed)
             print(f"{n_layers}-layer audio encoder, batch {args.batch_size}, {args.threads} thread(s):", flush=True)
-            for lengths in ("mix", "full"):
+            for lengths in (args.inputs_large if large else args.inputs):
                 for impl in ("original", "ours"):
-                    results.append(run_config(model_dir, impl, n_layers, lengths, **common))
-            if args.no_epoch or n_layers > 4:
+                    session.measure(model_dir, impl, n_layers, lengths, steps)
+            if args.no_epoch or large:
                 continue
-            grid = {MAX_SECONDS: next(r for r in results if r["impl"] == "ours" and r["layers"] == n_layers
-                                      and r["lengths"] == "full")["step_s_median"]}
-            for s in grid_seconds[:-1]:
-                grid[s] = run_config(model_dir, "ours", n_layers, "mix", seconds=s, **common)["step_s_median"]
-            orig = next(r for r in results if r["impl"] == "original" and r["layers"] == n_layers and r["lengths"] == "mix")
+            grid = {MAX_SECONDS: session.measure(model_dir, "ours", n_layers, "full", steps)["step_s_median"]}
+            for s in grid_seconds:
+                grid[s] = session.measure(model_dir, "ours", n_layers, "mix", steps, seconds=s)["step_s_median"]
+            orig = session.measure(model_dir, "original", n_layers, "mix", steps)
             epochs[n_layers] = epoch_estimate(grid, orig["step_s_median"], args.epoch_items, args.batch_size, args.seed)
-    print("\n" + table(results))
+    print("\n" + table(session.results))
     for n_layers, est in epochs.items():
         print(f"\n{n_layers}-layer " + epoch_lines(est))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "results": results,
+    payload = {"command": " ".join(["python", *sys.argv]), "results": session.results,
                "epoch": {str(k): v for k, v in epochs.items()}}
     args.out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {args.out}")

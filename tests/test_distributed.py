@@ -1,4 +1,8 @@
-"""Data parallel on CPU: ``accelerate launch --cpu --num_processes 2`` (gloo).
+"""Data parallel on CPU: ``accelerate launch --multi_gpu --num_processes 2`` -> 2 gloo processes.
+
+(accelerate 1.x: ``--cpu --num_processes 2`` needs an MPI hostfile and otherwise starts ONE
+process; ``--multi_gpu`` uses torchrun, and on a machine without GPUs ``Accelerator`` then runs
+MULTI_CPU over gloo. ``torchrun --nproc_per_node 2 -m foalnet train ...`` is equivalent.)
 
 One launch checks both: (1) the AVEL loss with the "j" side gathered from both processes, averaged
 over processes, equals the single-process AVEL on the same global batch; (2) ``foalnet train``
@@ -81,7 +85,7 @@ def test_accelerate_launch_two_cpu_processes(data_dir, tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(script), str(tmp_path), str(data_dir), str(Path(__file__).parent)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

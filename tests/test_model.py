@@ -58,7 +58,7 @@ def make_batch(audio_lens=(3200, 2000, 1600, 2800), video_lens=(7, 3, 5, 6), lab
                 labels=torch.tensor(labels))
 
 
-def pad_batch(batch, extra_samples=700, extra_frames=4, fill=7.0):
+def pad_batch(batch, extra_samples=700, extra_frames=4, fill=float("nan")):
     """Longer tensors with garbage beyond the masks."""
     out = dict(batch)
     for x, m, extra in (("waveform", "waveform_mask", extra_samples), ("video", "video_mask", extra_frames)):

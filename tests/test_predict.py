@@ -230,8 +230,10 @@ def test_audio_spans_stream_equals_slices(clips):
 
 def test_audio_spans_bounded_memory(tmp_path):
     """120 s of audio (7.7 MB as float32) streamed in 1 s windows keeps < 2 MB of arrays alive."""
-    path = make_clip(tmp_path / "long.wav", seconds=120.0, vcodec=None, acodec="pcm_s16le",
-                     rate=16000, channels=1)
+    import soundfile
+
+    path = tmp_path / "long.wav"
+    soundfile.write(path, _tone(120.0, 16000), 16000, subtype="PCM_16")
     spans = [(float(s), float(s + 1)) for s in range(120)]
     tracemalloc.start()
     count = sum(1 for _ in media.iter_audio_spans(path, 16000, spans))

@@ -128,7 +128,7 @@ def make_actor(rng: np.random.Generator, session: int, gender: str) -> Actor:
         f0=base_f0 * 2 ** rng.uniform(-0.2, 0.2), gain_db=rng.uniform(-30, -26),
         tilt=rng.uniform(1.9, 2.3), syl_rate=rng.uniform(3.2, 4.2),
         formant_scale=(1.12 if gender == "F" else 1.0) * rng.uniform(0.95, 1.05),
-        breath=rng.uniform(0.15, 0.3))
+        breath=rng.uniform(0.03, 0.07))
     skin = tuple(int(c) for c in rng.uniform([170, 120, 90], [240, 200, 170]))
     hair = tuple(int(c) for c in rng.uniform([10, 10, 10], [120, 80, 60]))
     bg = tuple(int(c) for c in rng.uniform([40, 40, 60], [110, 110, 140]))
@@ -313,13 +313,16 @@ class DialogSpec:
 
 
 def dialog_specs(session: int, count: int) -> list[DialogSpec]:
-    """Alternate impro / script dialogs and marker letters (both kinds of ids, both letters)."""
-    specs = []
+    """Alternate impro / script dialogs and marker letters, with offsets per session, so that
+    even one dialog per session gives both kinds of ids and both marker letters."""
+    specs, made = [], {"impro": 0, "script": 0}
     for j in range(count):
         marker = "FM"[(session + j) % 2]
-        number = j // 2 + 1
-        name = (f"Ses0{session}{marker}_impro{number:02d}" if j % 2 == 0
-                else f"Ses0{session}{marker}_script{number:02d}_{(j // 2) % 3 + 1}")
+        kind = "impro" if (j + session // 2) % 2 == 0 else "script"
+        made[kind] += 1
+        number = made[kind]
+        name = (f"Ses0{session}{marker}_impro{number:02d}" if kind == "impro"
+                else f"Ses0{session}{marker}_script{(number + 1) // 2:02d}_{2 - number % 2}")
         specs.append(DialogSpec(name, marker))
     return specs
 

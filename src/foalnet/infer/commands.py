@@ -163,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
                                               visual_encoder=args.visual_encoder)
     except PredictorError as err:
         return _usage(str(err))
+    try:
+        predictor.resolve_crop(args.crop)
+    except ValueError as err:
+        return _usage(str(err))
     results = predictor.iter_predict(sources, crop=args.crop, window=args.window, hop=args.hop)
     if args.out is None:
         ok, failed = _write(results, sys.stdout, None, echo=False)

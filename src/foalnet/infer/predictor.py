@@ -150,6 +150,10 @@ class Predictor:
 
         path = _resolve_model_dir(model_dir)
         try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            raise PredictorError(f"device {device!r} is not usable here ({err})") from err
+        try:
             model = FoalNet.from_pretrained(str(path))
         except Exception as err:  # any loading failure is a bad model folder for the user
             raise PredictorError(f"{path}: cannot load the model ({type(err).__name__}: {err})") from err
@@ -239,7 +243,7 @@ class Predictor:
         hop: float | None = None,
     ) -> Iterator[dict]:
         """Results in input order, each as soon as it is complete (streaming, for the CLI)."""
-        crop = self._check_crop(crop)
+        crop = self.resolve_crop(crop)
         window, hop = check_window(window, hop)
         if window and "audio" in self.modalities and window > self.config.max_audio_seconds:
             log.warning("window %.1f s is longer than the %.1f s of audio the model reads: only the "
@@ -280,7 +284,13 @@ class Predictor:
         return job.error is None and job.duration is not None and \
             job.duration > self.config.max_audio_seconds + 0.5
 
-    def _check_crop(self, crop: str | None) -> str:
+    def resolve_crop(self, crop: str | None) -> str:
+        """The crop to use (None: the default); ValueError for an unknown or unusable one."""
+        if crop == "face" and "video" in self.modalities:
+            try:
+                import cv2  # noqa: F401  (the face detector of data/video.py)
+            except ImportError as err:
+                raise ValueError("crop 'face' needs OpenCV: pip install 'foalnet[face]'") from err
         if crop is None:
             recorded = self.settings.get("crop")
             if "video" in self.modalities and recorded not in (None, *CROPS):

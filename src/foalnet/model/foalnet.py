@@ -186,14 +186,27 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(query_dim)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """query [B,Lq,D], context [B,Lk,Dk], context_mask [B,Lk] bool -> [B,Lq,D]."""
+    def forward(self, query: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                context_index: torch.Tensor | None = None, query_repeat: int = 1) -> torch.Tensor:
+        """query [B,Lq,D], context [N,Lk,Dk], context_mask [N,Lk] bool -> [B*query_repeat, Lq, D].
+
+        Query row r (of ``query`` repeated ``query_repeat`` times) attends to context row
+        ``context_index[r]`` (default r). Projecting the pool once and indexing the projections
+        is the same function as projecting the indexed rows, at half the cost for MEM's [V; V_neg].
+        """
         B, Lq, D = query.shape
-        Lk = context.shape[1]
         H = self.num_heads
-        q = self.q_proj(query).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
-        k = self.k_proj(context).view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        v = self.v_proj(context).view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
+        q = self.q_proj(query)  # (B, Lq, D)
+        if query_repeat > 1:
+            q, query = q.repeat(query_repeat, 1, 1), query.repeat(query_repeat, 1, 1)  # (R*B, Lq, D)
+            B = B * query_repeat
+        k, v = self.k_proj(context), self.v_proj(context)  # (N, Lk, D)
+        if context_index is not None:
+            k, v, context_mask = k[context_index], v[context_index], context_mask[context_index]  # (B, Lk, .)
+        Lk = k.shape[1]
+        q = q.view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
+        k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
+        v = v.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
         has_key = context_mask.any(dim=1)  # (B,)
         keys = (context_mask | ~has_key[:, None])[:, None, None, :]  # (B, 1, 1, Lk), no all-False row
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, H, Lq, D/H)
@@ -211,20 +224,21 @@ class CrossAttentionStack(nn.Module):
             CrossAttentionLayer(query_dim, key_dim, num_heads, dropout) for _ in range(num_layers)
         )
 
-    def forward(
-        self, query: torch.Tensor, query_mask: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """-> masked mean over the valid query frames, [B, D]."""
-        for layer in self.layers:
-            query = layer(query, context, context_mask)
-        return masked_mean(query, query_mask)
+    def forward(self, query: torch.Tensor, query_mask: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor, context_index: torch.Tensor | None = None,
+                query_repeat: int = 1) -> torch.Tensor:
+        """-> masked mean over the valid query frames, [B*query_repeat, D] (see CrossAttentionLayer)."""
+        for i, layer in enumerate(self.layers):
+            query = layer(query, context, context_mask, context_index, query_repeat if i == 0 else 1)
+        return masked_mean(query, query_mask.repeat(query_repeat, 1))
 
 
 # ---------------------------------------------------------------------------------------- helpers
 def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero the positions outside the mask (x [B,T] or [B,T,D], mask [B,T] bool), not in place."""
+    """Zero the positions outside the mask (x [B,T] or [B,T,D], mask [B,T] bool), not in place.
+    masked_fill, not a product: garbage (even inf/NaN) in the padding must not leak."""
     m = mask if x.dim() == mask.dim() else mask.unsqueeze(-1)
-    return x * m.to(x.dtype)
+    return x.masked_fill(~m, 0.0)
 
 
 def pad_time(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -334,41 +348,58 @@ class FoalNet(nn.Module):
 
     # ---- fusion
     def fuse(self, audio: torch.Tensor, audio_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor,
-             audio_kv: torch.Tensor, audio_kv_mask: torch.Tensor, video_kv: torch.Tensor,
-             video_kv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """a2v: audio queries over ``video_kv``; v2a: video queries over ``audio_kv``.
+             audio_pool: torch.Tensor | None = None, audio_pool_mask: torch.Tensor | None = None,
+             audio_index: torch.Tensor | None = None, video_pool: torch.Tensor | None = None,
+             video_pool_mask: torch.Tensor | None = None, video_index: torch.Tensor | None = None,
+             repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """a2v: audio queries over video; v2a: video queries over audio -> pooled [R*B,Ha], [R*B,Dv].
 
-        Query batches [B',...]; key/value batches have the same B' (with MEM: [V; V_neg] / [A; A_neg]).
-        Returns pooled (audio_out [B',Ha], video_out [B',Dv]).
+        Without pools: the true pairs. With pools (MEM): query row r (queries repeated ``repeat``
+        times) attends to row ``*_index[r]`` of the other modality's pool.
         """
-        audio_out = self.a2v(audio, audio_mask, video_kv, video_kv_mask)
-        video_out = self.v2a(video, video_mask, audio_kv, audio_kv_mask)
+        if video_pool is None:
+            video_pool, video_pool_mask = video, video_mask
+        if audio_pool is None:
+            audio_pool, audio_pool_mask = audio, audio_mask
+        audio_out = self.a2v(audio, audio_mask, video_pool, video_pool_mask, video_index, repeat)
+        video_out = self.v2a(video, video_mask, audio_pool, audio_pool_mask, audio_index, repeat)
         return audio_out, video_out
 
     def _fuse_with_negatives(
         self, audio: torch.Tensor, audio_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor,
         labels: torch.Tensor, labels_all: torch.Tensor, sim_av: torch.Tensor | None, sim_va: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One batched fusion pass over true pairs and hard negatives.
+        """One batched fusion pass: a2v on [A; A] vs [V; V_neg], v2a on [V; V] vs [A; A_neg].
 
-        Returns (audio_out [B,Ha], video_out [B,Dv], L_mem). Negatives come from the gathered batch.
+        Returns (audio_out [B,Ha], video_out [B,Dv], L_mem); the positive halves are the
+        classification features. Negatives come from the gathered batch.
         """
         B = audio.shape[0]
         same = labels[:, None] == labels_all[None, :]  # (B, N)
         idx_av, idx_va = draw_negatives(hard_negative_probs(sim_av, same), hard_negative_probs(sim_va, same))
-        video_all, video_mask_all = gather_batch(video), gather_batch(video_mask)
-        audio_all, audio_mask_all = gather_batch(audio), gather_batch(audio_mask)
-        Tv, La = video_all.shape[1], audio_all.shape[1]
-        video_kv = torch.cat([pad_time(video, Tv), video_all[idx_av]])  # (2B, Tv, Dv)
-        video_kv_mask = torch.cat([pad_time(video_mask, Tv), video_mask_all[idx_av]])  # (2B, Tv)
-        audio_kv = torch.cat([pad_time(audio, La), audio_all[idx_va]])  # (2B, La, Ha)
-        audio_kv_mask = torch.cat([pad_time(audio_mask, La), audio_mask_all[idx_va]])  # (2B, La)
-        audio_out, video_out = self.fuse(
-            audio.repeat(2, 1, 1), audio_mask.repeat(2, 1), video.repeat(2, 1, 1), video_mask.repeat(2, 1),
-            audio_kv, audio_kv_mask, video_kv, video_kv_mask)  # (2B, Ha), (2B, Dv)
+        video_pool, video_index = self._negative_pool(video, gather_batch(video), idx_av)
+        video_pool_mask, _ = self._negative_pool(video_mask, gather_batch(video_mask), idx_av)
+        audio_pool, audio_index = self._negative_pool(audio, gather_batch(audio), idx_va)
+        audio_pool_mask, _ = self._negative_pool(audio_mask, gather_batch(audio_mask), idx_va)
+        audio_out, video_out = self.fuse(audio, audio_mask, video, video_mask, audio_pool, audio_pool_mask,
+                                         audio_index, video_pool, video_pool_mask, video_index, repeat=2)
         loss = mem_loss(self.a2v_head(audio_out), self.v2a_head(video_out),
-                        labels_all[idx_av] != labels, labels_all[idx_va] != labels)
+                        labels_all[idx_av] != labels, labels_all[idx_va] != labels)  # (2B, 2) logits each
         return audio_out[:B], video_out[:B], loss
+
+    @staticmethod
+    def _negative_pool(local: torch.Tensor, gathered: torch.Tensor,
+                       neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pool, index) so that pool[index] = [local; gathered[neg]].
+
+        One process: the pool is the local batch (projected once, indexed). Data parallel: the
+        pool is [local; gathered[neg]] (projecting all ranks' items would cost more).
+        """
+        B = local.shape[0]
+        if gathered is local:
+            return local, torch.cat([torch.arange(B, device=neg.device), neg])
+        length = gathered.shape[1]
+        return torch.cat([pad_time(local, length), gathered[neg]]), None
 
     # ---- forward
     def forward(
@@ -414,7 +445,7 @@ class FoalNet(nn.Module):
             audio_out, video_out, losses["mem"] = self._fuse_with_negatives(
                 audio, audio_mask, video, video_mask, labels, labels_all, sim_av, sim_va)
         else:
-            audio_out, video_out = self.fuse(audio, audio_mask, video, video_mask, audio, audio_mask, video, video_mask)
+            audio_out, video_out = self.fuse(audio, audio_mask, video, video_mask)
         logits = self.classifier(self.feature_dropout(torch.cat([audio_out, video_out], dim=-1)))  # (B, C)
         return self._finish(logits, labels, losses, audio_out, video_out, a_align, v_align)
 

@@ -83,6 +83,7 @@ class Engine:
     hooks: Hooks = field(default_factory=Hooks)
     select_name: str = "dev"  # "dev" or "test" (paper protocol): printed on every line
     _writer: Any = None
+    _optimizer: Any = None
 
     # ----------------------------------------------------------------- public API
 
@@ -90,6 +91,7 @@ class Engine:
             state: TrainerState) -> TrainerState:
         """Train from ``state`` (fresh or resumed) to the last epoch; return the final state."""
         cfg = self.train_cfg
+        self._optimizer = optimizer
         for epoch in range(state.epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             state.sampler = sampler.state_dict()
@@ -105,7 +107,7 @@ class Engine:
         """Logits of every item, gathered over processes (``gather_for_metrics``), + metrics."""
         acc = self.accelerator
         model.eval()
-        idx_parts, prob_parts, failed = [], [], {}
+        idx_parts, logp_parts, failed = [], [], {}
         with torch.no_grad():
             for batch in loader:
                 failed.update(dict(batch["failed"]))
@@ -115,14 +117,14 @@ class Engine:
                 )
                 keep = valid.bool().cpu()
                 idx_parts.append(index.cpu()[keep])
-                prob_parts.append(torch.softmax(logits.cpu()[keep], dim=-1))
+                logp_parts.append(torch.log_softmax(logits.cpu()[keep], dim=-1))
         C = len(self.labels)
         index = torch.cat(idx_parts).numpy() if idx_parts else np.zeros(0, dtype=np.int64)
-        probs = torch.cat(prob_parts).numpy() if prob_parts else np.zeros((0, C), np.float32)
+        logp = torch.cat(logp_parts) if logp_parts else torch.zeros((0, C))
         y = np.asarray([targets[i] for i in index], dtype=np.int64)
+        probs = logp.exp().numpy()
         metrics = classification_metrics(y, probs.argmax(axis=1) if len(y) else y, C)
-        loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
-                                torch.from_numpy(y))) if len(y) else float("nan")
+        loss = float(F.nll_loss(logp, torch.from_numpy(y))) if len(y) else float("nan")
         return EvalResult(index, probs, y, metrics, loss, self._merge_failed(failed))
 
     # ----------------------------------------------------------------- one epoch
@@ -207,7 +209,7 @@ class Engine:
         n = max(running.get("n", 0), 1)
         row = {"epoch": epoch + 1, "step": state.global_step}
         row.update({f"train_{k}": running[k] / n for k in ("loss", *LOSS_PARTS) if k in running})
-        row["lr"] = self._lr(model)
+        row["lr"] = float(self._optimizer.param_groups[0]["lr"])
         if result is not None:
             row[f"{self.select_name}_loss"] = result.loss
             for key in ("ua", "wa", "macro_f1"):
@@ -248,10 +250,6 @@ class Engine:
                      f"F1 {row[f'{sel}_macro_f1']:.3f} loss {row[f'{sel}_loss']:.3f}")
         line += f"  lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  *best" if row["best"] else "")
         return line
-
-    def _lr(self, model) -> float:
-        optimizers = self.accelerator._optimizers
-        return float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")
 
     # ----------------------------------------------------------------- bookkeeping
 

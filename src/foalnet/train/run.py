@@ -159,6 +159,7 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     from foalnet.model.foalnet import FoalNet
 
     run_dir = Path(run_dir)
+    _quiet_accelerate()
     if resume and (run_dir / CONFIG_FILE).is_file():
         cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
     cfg.check_complete()
@@ -205,6 +206,12 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
         engine.close()
     acc.free_memory(model, optimizer, scheduler)
     return summary
+
+
+def _quiet_accelerate() -> None:
+    """accelerate logs every checkpoint file at INFO; keep the console to our epoch lines."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 def _initial_state(acc, run_dir: Path, resume: bool, sampler: BalancedSampler) -> TrainerState:

@@ -1,0 +1,42 @@
+"""Shared fixtures: one tiny synthetic IEMOCAP release and its prepared DATA_DIR per session.
+
+Other test files reuse ``synth_root`` and ``prepared_dir``; treat both as read-only (copy them
+to tmp_path before modifying anything).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CORPUS_ENV = "FOALNET_IEMOCAP_ROOT"
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """IEMOCAP_full_release written by ``foalnet synth --size tiny --seed 0`` (about 2 s)."""
+    from foalnet.data.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    summary = generate(out, seed=0, size="tiny", workers=1)
+    return Path(summary["root"])
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DATA_DIR of ``foalnet prepare iemocap`` on ``synth_root`` (classes "4")."""
+    from foalnet.cli import main
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    assert main(["prepare", "iemocap", str(synth_root), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def iemocap_root() -> Path:
+    """The real IEMOCAP_full_release (tests marked ``corpus`` are skipped without it)."""
+    root = os.environ.get(CORPUS_ENV)
+    if not root:
+        pytest.skip(f"set {CORPUS_ENV} to the IEMOCAP_full_release folder")
+    return Path(root)

@@ -1,0 +1,182 @@
+"""`foalnet prepare iemocap|csv|scp`: idempotence, bad inputs, folds, exit codes."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from foalnet.cli import main
+from foalnet.data.manifest import read_manifest, read_prepare_meta, read_rejected
+
+
+def _prepare(root: Path, out: Path, *extra: str) -> int:
+    return main(["prepare", "iemocap", str(root), "--out", str(out), *extra])
+
+
+def test_prepare_is_idempotent_and_checks_itself(synth_root: Path, tmp_path: Path):
+    out = tmp_path / "data"
+    assert _prepare(synth_root, out) == 0
+    manifest = out / "manifest.jsonl"
+    stamp = manifest.stat().st_mtime_ns
+    assert _prepare(synth_root, out) == 0 and manifest.stat().st_mtime_ns == stamp  # skipped
+    assert _prepare(synth_root, out, "--classes", "4-no-exc") == 0  # other options: redone
+    assert read_prepare_meta(out)["classes"] == "4-no-exc"
+    n = len(read_manifest(out))
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:-1]))  # damage: one line lost
+    assert _prepare(synth_root, out, "--classes", "4-no-exc") == 2
+    assert _prepare(synth_root, out, "--classes", "4-no-exc", "--force") == 0
+    assert len(read_manifest(out)) == n
+
+
+def test_usage_errors_exit_2(tmp_path: Path):
+    assert _prepare(tmp_path / "nowhere", tmp_path / "d") == 2
+    with pytest.raises(SystemExit) as err:
+        main(["prepare", "iemocap", str(tmp_path), "--out", str(tmp_path), "--classes", "9"])
+    assert err.value.code == 2
+
+
+def test_bad_inputs_are_rejected_and_the_rest_kept(synth_root: Path, prepared_dir: Path,
+                                                    tmp_path: Path):
+    root = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(synth_root, root)
+    good = read_manifest(prepared_dir)
+    by_dialog = defaultdict(list)
+    for r in good:
+        by_dialog[r["dialog"]].append(r)
+    dialogs = sorted(by_dialog)
+    lost_video = dialogs[0]
+    (root / "Session1/dialog/avi/DivX" / f"{lost_video}.avi").unlink()
+    victims = by_dialog[dialogs[1]][:3]
+    local = {r["id"]: root / Path(r["wav"]).relative_to(synth_root) for r in victims}
+    data = local[victims[0]["id"]].read_bytes()
+    local[victims[0]["id"]].write_bytes(data[: len(data) // 2])  # truncated
+    local[victims[1]["id"]].write_bytes(b"")  # empty
+    local[victims[2]["id"]].unlink()  # missing
+    bad_code = by_dialog[dialogs[2]][0]
+    label_file = root / f"Session{bad_code['session']}/dialog/EmoEvaluation/{bad_code['dialog']}.txt"
+    text = label_file.read_text()
+    label_file.write_text(re.sub(rf"(\t{bad_code['id']}\t)\w+\t", r"\1zzz\t", text, count=1))
+    out = tmp_path / "data"
+    assert _prepare(root, out) == 1
+    rejected = {r["id"]: r for r in read_rejected(out)}
+    expected = {victims[0]["id"]: "truncated", victims[1]["id"]: "empty file",
+                victims[2]["id"]: "missing file", bad_code["id"]: "outside the IEMOCAP codes"}
+    expected.update({r["id"]: "missing video" for r in by_dialog[lost_video]})
+    assert set(rejected) == set(expected)
+    for utt_id, reason in expected.items():
+        assert reason in rejected[utt_id]["reason"] and rejected[utt_id]["path"]
+    kept = read_manifest(out)
+    assert len(kept) == len(good) - len(expected)
+    assert read_prepare_meta(out)["rejected"] == len(expected)
+
+
+def _write_video_with_audio(path: Path, seconds: float, rate: int = 44100) -> None:
+    """A small mp4 (mpeg4 video + 2-channel AAC) standing in for a single-speaker clip."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        vs = container.add_stream("mpeg4", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        aus = container.add_stream("aac", rate=rate)
+        aus.layout = "stereo"
+        for i in range(int(seconds * 25)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 255, np.uint8), "rgb24")
+            for packet in vs.encode(frame):
+                container.mux(packet)
+        t = np.arange(int(seconds * rate)) / rate
+        tone = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+        aframe = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+        aframe.sample_rate, aframe.pts, aframe.time_base = rate, 0, Fraction(1, rate)
+        for packet in list(aus.encode(aframe)) + list(aus.encode()) + list(vs.encode()):
+            container.mux(packet)
+
+
+def _csv_corpus(root: Path) -> Path:
+    """6 speakers, mixed media: 16 kHz wav, 44.1 kHz stereo wav, a video with audio track."""
+    rows = ["path,label,speaker,start,end"]
+    for s in range(6):
+        for i in range(s + 1):  # unequal speaker sizes: 1..6 utterances
+            name = f"spk{s}_{i}.wav"
+            if s == 1:
+                sf.write(root / name, np.zeros((44100, 2), np.float32) + 0.1, 44100)
+            else:
+                sf.write(root / name, np.full(16000, 0.1, np.float32), 16000)
+            rows.append(f"{name},{'ab'[i % 2]},spk{s},,")
+    _write_video_with_audio(root / "clip.mp4", 1.0)
+    rows.append("clip.mp4,a,spk0,0.2,0.8")
+    rows.append("spk2_0.wav,zz,spk2,,")  # label outside the set
+    rows.append("gone.wav,a,spk3,,")  # missing file
+    rows.append("spk3_0.wav,a,spk3,0.5,3.0")  # span outside the file
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+def test_prepare_csv_speaker_folds_media_and_rejections(tmp_path: Path):
+    src = tmp_path / "media"
+    src.mkdir()
+    csv_path = _csv_corpus(src)
+    out = tmp_path / "data"
+    code = main(["prepare", "csv", str(csv_path), "--out", str(out), "--folds", "3",
+                 "--labels", "a,b"])
+    assert code == 1
+    reasons = sorted(r["reason"] for r in read_rejected(out))
+    assert len(reasons) == 3
+    assert any("outside the set" in r for r in reasons) and any("missing file" in r for r in reasons)
+    assert any("outside the file" in r for r in reasons)
+    records = read_manifest(out)
+    assert len(records) == 21 + 1
+    folds: dict[str, set] = defaultdict(set)
+    for r in records:
+        folds[r["speaker"]].add(r["fold"])
+    assert all(len(f) == 1 for f in folds.values())  # speaker-disjoint
+    sizes = defaultdict(int)
+    for r in records:
+        sizes[r["fold"]] += 1
+    # largest speaker first into the smallest fold: spk5(6)->1, spk4(5)->2, spk3(4)->3,
+    # spk2(3)->3, spk0(1+clip=2)->2, spk1(2)->1: sizes 8 / 7 / 7
+    assert sorted(sizes.values()) == [7, 7, 8]
+    clip = next(r for r in records if r["wav"].endswith("clip.mp4"))
+    assert clip["video"] == clip["wav"] and clip["side"] == "full"
+    assert (clip["start"], clip["end"], clip["audio_start"], clip["audio_end"]) == (0.2, 0.8, 0.2, 0.8)
+    assert read_prepare_meta(out)["labels"] == ["a", "b"]
+
+    from foalnet.data.audio import load_audio
+
+    assert load_audio(clip["wav"], start=clip["audio_start"], end=clip["audio_end"]).shape[0] == \
+        pytest.approx(9600, abs=2)
+    stereo = next(r for r in records if r["speaker"] == "spk1")
+    assert load_audio(stereo["wav"]).shape == (16000,)
+
+
+def test_prepare_csv_missing_column_is_usage_error(tmp_path: Path):
+    (tmp_path / "l.csv").write_text("path,label\nx.wav,a\n")
+    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "d")]) == 2
+
+
+def test_prepare_scp_lists(prepared_dir: Path, tmp_path: Path):
+    records = read_manifest(prepared_dir)
+    train = [r for r in records if r["session"] != 5]
+    test = [r for r in records if r["session"] == 5]
+    (tmp_path / "train.scp").write_text("".join(f"{r['id']} {r['wav']} {r['label']}\n" for r in train)
+                                        + "Ses01F_impro09_F000 /nowhere/x.wav neu\n")
+    (tmp_path / "test.scp").write_text("".join(f"{r['id']} {r['wav']} {r['label']}\n" for r in test)
+                                       + f"odd_one {test[0]['wav']} fru\n")
+    out = tmp_path / "data"
+    code = main(["prepare", "scp", str(tmp_path / "train.scp"), str(tmp_path / "test.scp"),
+                 "--out", str(out)])
+    assert code == 1
+    assert {r["id"] for r in read_rejected(out)} == {"Ses01F_impro09_F000", "odd_one"}
+    got = {r["id"]: r for r in read_manifest(out)}
+    assert len(got) == len(records)
+    for r in records:
+        assert (got[r["id"]]["fold"], got[r["id"]]["speaker"], got[r["id"]]["label"]) == \
+            (r["session"], r["speaker"], r["label"])
+    assert json.loads((out / "prepare.json").read_text())["folds"] == [1, 2, 3, 4, 5]
