@@ -454,53 +454,36 @@ def _cut_clip(record: dict, out: Path) -> Path:
     return out
 
 
-def _training_probs(model: FoalNet, record: dict, store) -> np.ndarray:
-    """What the training pipeline feeds the model for this utterance: dataset -> collate -> forward."""
-    from foalnet.train.data import Collator, EmotionDataset
+def test_predict_agrees_with_training_run(request, tmp_path, caplog):
+    """`foalnet train` on the synthetic corpus, then clips cut from its test utterances:
+    predict (run folder -> best/) gives the probabilities of the run's predictions.csv."""
+    import csv
+    import shutil
 
-    cfg = model.config
-    dataset = EmotionDataset([record], cfg.labels, store, sample_rate=cfg.sample_rate,
-                             max_audio_seconds=cfg.max_audio_seconds, max_video_frames=cfg.max_video_frames)
-    batch = Collator(True, True, store.dim, keep_failed=False)([dataset[0]])
-    keys = ("waveform", "waveform_mask", "video", "video_mask")
-    with torch.no_grad():
-        logits = model.eval()(**{k: batch[k] for k in keys}).logits
-    return torch.softmax(logits.double(), dim=-1)[0].numpy()
-
-
-def test_predict_agrees_with_training_pipeline(request, tmp_path, caplog):
-    """A clip cut from the synthetic corpus gets the training pipeline's probabilities."""
     try:
         prepared = Path(request.getfixturevalue("prepared_dir"))
     except pytest.FixtureLookupError:
         pytest.skip("the synthetic corpus fixtures (tests/conftest.py) are not available")
-    from foalnet.data.manifest import read_manifest, write_manifest
-    from foalnet.features.base import build_visual_encoder
-    from foalnet.features.extract import extract_visual
-    from foalnet.features.store import VisualFeatureStore
+    from foalnet.data.manifest import read_manifest
 
-    records = [r for r in read_manifest(prepared) if r["side"] in ("left", "right")]
-    chosen = [next(r for r in records if r["side"] == side) for side in ("left", "right")]
-    data_dir = tmp_path / "data"  # a private copy: the shared fixture stays untouched
-    data_dir.mkdir()
-    write_manifest(data_dir, chosen)
-    extract_visual(data_dir, build_visual_encoder("tiny"), crop="side", progress=False)
-    store = VisualFeatureStore.open(data_dir)
-    meta = dict(store.meta)
-    torch.manual_seed(0)
-    config = FoalNetConfig.tiny(video_dim=store.dim, visual_encoder=meta["encoder"],
-                                visual_settings={k: v for k, v in meta.items() if k not in ("encoder", "dim")})
-    folder = FoalNet(config).save_pretrained(tmp_path / "model")
-    predictor = Predictor.from_pretrained(folder)
-    for record in chosen:
-        clip = _cut_clip(record, tmp_path / f"{record['id']}.mkv")
-        expected = _training_probs(predictor.model, record, store)
-        got = predictor.predict(clip, crop=record["side"])
+    data_dir, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(prepared, data_dir)  # a private copy: the shared fixture stays untouched
+    assert main(["extract-visual", str(data_dir), "--encoder", "tiny", "--no-progress"]) == 0
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(run), "--preset", "tiny",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=4"]) == 0
+    records = {r["id"]: r for r in read_manifest(data_dir)}
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    by_side = {records[row["id"]]["side"]: row for row in rows}  # one utterance per half
+    predictor = Predictor.from_pretrained(run)
+    assert predictor.model_dir == str(run / "best")
+    for side, row in sorted(by_side.items()):
+        clip = _cut_clip(records[row["id"]], tmp_path / f"{row['id']}.mkv")
+        expected = [float(row[f"p_{c}"]) for c in predictor.labels]  # 6 decimals in the csv
+        got = predictor.predict(clip, crop=side)
         _check(got, ["audio", "video"])
-        np.testing.assert_allclose([got["probabilities"][c] for c in config.labels], expected, atol=1e-5)
-        other = "left" if record["side"] == "right" else "right"  # the crop matters
-        wrong = predictor.predict(clip, crop=other)["probabilities"]
-        assert max(abs(wrong[c] - p) for c, p in zip(config.labels, expected)) > 1e-4
+        np.testing.assert_allclose([got["probabilities"][c] for c in predictor.labels], expected, atol=2e-6)
+        other = predictor.predict(clip, crop="left" if side == "right" else "right")["probabilities"]
+        assert max(abs(other[c] - p) for c, p in zip(predictor.labels, expected)) > 1e-5  # crop matters
     with caplog.at_level("WARNING"):
         assert predictor.predict(clip)["input"] == str(clip)  # trained on "side": full frame + warning
     assert "--crop left/right" in caplog.text

@@ -132,9 +132,11 @@ def make_actor(rng: np.random.Generator, session: int, gender: str) -> Actor:
     skin = tuple(int(c) for c in rng.uniform([170, 120, 90], [240, 200, 170]))
     hair = tuple(int(c) for c in rng.uniform([10, 10, 10], [120, 80, 60]))
     bg = tuple(int(c) for c in rng.uniform([40, 40, 60], [110, 110, 140]))
-    face = Face(skin=skin, hair=hair, bg=bg, rx=rng.uniform(105, 130), ry=rng.uniform(140, 165),
-                cy=rng.uniform(235, 265), eye_dx=rng.uniform(40, 52), eye_dy=rng.uniform(35, 50),
-                eye_r=rng.uniform(9, 13), mouth_dy=rng.uniform(60, 75), mouth_w=rng.uniform(55, 68))
+    # geometry varies a little between speakers (colours carry most of the identity), so the
+    # expression cues sit at comparable places in every face
+    face = Face(skin=skin, hair=hair, bg=bg, rx=rng.uniform(110, 124), ry=rng.uniform(148, 160),
+                cy=rng.uniform(244, 256), eye_dx=rng.uniform(42, 50), eye_dy=rng.uniform(38, 46),
+                eye_r=rng.uniform(10, 12), mouth_dy=rng.uniform(62, 70), mouth_w=rng.uniform(58, 66))
     return Actor(f"Ses0{session}{gender}", gender, voice, face)
 
 

@@ -163,10 +163,12 @@ class _Decoder:
         self.can_seek = True
         self.seeks = 0
         self._target: float | None = None
+        self._last_target = 0.0
 
     def request_seek(self, time: float) -> None:
-        if self.can_seek:
-            self._target = time
+        """Jump to the key frame before `time`, once per target (never back, never twice)."""
+        if self.can_seek and time > self._last_target:
+            self._target = self._last_target = time
 
     def _seek(self, time: float) -> None:
         self.container.seek(int(time / self.stream.time_base), stream=self.stream, backward=True)

@@ -199,7 +199,8 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     try:
         if not state.finished:
             state = engine.fit(model, optimizer, scheduler, train_loader, sampler, dev_loader, state)
-            engine.checkpoint(state)
+            if state.epoch < t.epochs:  # stopped early by train.max_steps: remember it is done
+                engine.checkpoint(state)
         summary = _test_and_report(cfg, acc, engine, model, test_loader, fold, state, run_dir,
                                    time.time() - started)
     finally:
