@@ -35,12 +35,16 @@ What is measured, and how
   (linear interpolation on the grid), for random and for length-grouped batches. The reference
   costs ``n_batches x`` its step time (its batches are always 6 s). Data loading is not included
   (the visual features are cached; audio decoding runs in DataLoader workers).
-* The CPU is shared: the 1-minute load average is stored with each measurement.
+* The CPU is shared by several users, so wall time swings with their load (the same FoalNet
+  configuration measured 102 s and 68 s wall per step ten minutes apart). The headline number is
+  therefore the CPU time of the process per step (``time.process_time``, 1 torch thread), which
+  other processes barely change; wall time and the 1-minute load average are stored as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -217,8 +221,8 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def train_steps(model, impl: str, batches: list[Batch]) -> list[float]:
-    """Run one AdamW training step per batch; seconds per step."""
+def train_steps(model, impl: str, batches: list[Batch]) -> list[tuple[float, float]]:
+    """Run one AdamW training step per batch; (wall seconds, CPU seconds of this process) per step."""
     import torch
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -227,12 +231,12 @@ def train_steps(model, impl: str, batches: list[Batch]) -> list[float]:
     times = []
     for batch in batches:
         inputs = pad(batch)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         out = model(**inputs)
         out.loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
@@ -249,16 +253,31 @@ def worker(args: argparse.Namespace) -> dict:
     # warm-up steps also allocate the AdamW state; the reset happens before them so it counts
     reset_ok = reset_peak_rss()
     times = train_steps(model, args.impl, batches)
-    measured = times[args.warmup:]
+    wall = [w for w, _ in times[args.warmup:]]
+    cpu = [c for _, c in times[args.warmup:]]
     return {
-        "impl": args.impl, "layers": args.layers, "lengths": args.lengths, "seconds": args.seconds,
+        "impl": args.impl, "layers": args.layers[0], "lengths": args.lengths, "seconds": args.seconds,
         "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup,
-        "step_s_median": statistics.median(measured), "step_s_all": measured,
+        "step_cpu_s_median": statistics.median(cpu), "step_cpu_s_all": cpu,
+        "step_s_median": statistics.median(wall), "step_s_all": wall,
         "rss_before_gib": rss_before / 2**20,
         "peak_rss_gib": (vm_hwm_kib() if reset_ok else 0) / 2**20,
         "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_reset": reset_ok,
+        "foalnet_py_sha1": model_source_hash(),
     }
+
+
+def model_source_hash() -> str:
+    """sha1 of src/foalnet/model/*.py as imported (the model is still being optimised)."""
+    import hashlib
+
+    import foalnet.model
+
+    h = hashlib.sha1()
+    for path in sorted(Path(foalnet.model.__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def run_config(model_dir: Path, impl: str, layers: int, lengths: str, steps: int, warmup: int,
@@ -275,7 +294,8 @@ def run_config(model_dir: Path, impl: str, layers: int, lengths: str, steps: int
         raise RuntimeError(f"worker failed ({' '.join(cmd[2:])}):\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     tag = f"{impl:8s} L={layers:2d} {lengths if seconds is None else f'{seconds:.1f}s':5s}"
-    print(f"  {tag} step {result['step_s_median']:.2f} s  peak {result['peak_rss_gib']:.2f} GiB", flush=True)
+    print(f"  {tag} step CPU {result['step_cpu_s_median']:.2f} s (wall {result['step_s_median']:.2f} s)  "
+          f"peak {result['peak_rss_gib']:.2f} GiB", flush=True)
     return result
 
 
@@ -346,15 +366,17 @@ def epoch_estimate(grid: dict[float, float], orig_step: float, n_items: int, bat
 # ------------------------------------------------------------------------------ report
 def table(results: list[dict]) -> str:
     """Markdown table: one row per (encoder layers, lengths), ours vs original side by side."""
-    rows = ["| encoder | inputs | original step s | ours step s | speed-up | original peak GiB | ours peak GiB | mem ratio |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| encoder | inputs | original CPU s/step | ours CPU s/step | speed-up | (wall s: orig / ours) "
+            "| original peak GiB | ours peak GiB | mem ratio |",
+            "|---|---|---|---|---|---|---|---|---|"]
     keyed = {(r["impl"], r["layers"], r["lengths"]): r for r in results if r["seconds"] is None}
     for layers, lengths in sorted({(k[1], k[2]) for k in keyed}):
         o, u = keyed.get(("original", layers, lengths)), keyed.get(("ours", layers, lengths))
         if not (o and u):
             continue
-        rows.append(f"| {layers}-layer | {lengths} | {o['step_s_median']:.2f} | {u['step_s_median']:.2f} | "
-                    f"{o['step_s_median'] / u['step_s_median']:.2f}x | {o['peak_rss_gib']:.2f} | "
+        oc, uc = o["step_cpu_s_median"], u["step_cpu_s_median"]
+        rows.append(f"| {layers}-layer | {lengths} | {oc:.1f} | {uc:.1f} | {oc / uc:.2f}x | "
+                    f"{o['step_s_median']:.1f} / {u['step_s_median']:.1f} | {o['peak_rss_gib']:.2f} | "
                     f"{u['peak_rss_gib']:.2f} | {u['peak_rss_gib'] / o['peak_rss_gib']:.2f} |")
     return "\n".join(rows)
 
@@ -413,7 +435,8 @@ def load_log(path: Path) -> dict[tuple, dict]:
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                done[config_key(r)] = r
+                if "step_cpu_s_median" in r:  # older wall-clock-only records are not comparable
+                    done[config_key(r)] = r
     return done
 
 
@@ -425,16 +448,17 @@ class Session:
         self.done = {} if args.fresh else load_log(log)
         self.results: list[dict] = []
 
-    def measure(self, model_dir: Path, impl: str, layers: int, lengths: str, steps: int,
+    def measure(self, model_dir, impl: str, layers: int, lengths: str, steps: int,
                 seconds: float | None = None) -> dict:
+        """``model_dir``: a callable returning the checkpoint folder (built only when needed)."""
         a = self.args
         key = (impl, layers, lengths, seconds, a.batch_size, a.threads)
         if key in self.done:
             r = self.done[key]
             print(f"  {impl:8s} L={layers:2d} {lengths if seconds is None else seconds}: "
-                  f"{r['step_s_median']:.2f} s (from {self.log.name})", flush=True)
+                  f"CPU {r['step_cpu_s_median']:.2f} s (from {self.log.name})", flush=True)
         else:
-            r = run_config(model_dir, impl, layers, lengths, steps, a.warmup, a.threads, a.batch_size, a.seed, seconds)
+            r = run_config(model_dir(), impl, layers, lengths, steps, a.warmup, a.threads, a.batch_size, a.seed, seconds)
             r["load_avg_1min"] = os.getloadavg()[0]
             with self.log.open("a") as f:
                 f.write(json.dumps(r) + "\n")
@@ -457,18 +481,18 @@ def main(argv: list[str] | None = None) -> int:
         for n_layers in layers:
             large = n_layers > 4
             steps = args.steps_large if large else args.steps
-            model_dir = build_checkpoint(Path(tmp), n_layers, args.seed)
+            model_dir = functools.partial(build_checkpoint, Path(tmp), n_layers, args.seed)  # lazy
             print(f"{n_layers}-layer audio encoder, batch {args.batch_size}, {args.threads} thread(s):", flush=True)
             for lengths in (args.inputs_large if large else args.inputs):
                 for impl in ("original", "ours"):
                     session.measure(model_dir, impl, n_layers, lengths, steps)
             if args.no_epoch or large:
                 continue
-            grid = {MAX_SECONDS: session.measure(model_dir, "ours", n_layers, "full", steps)["step_s_median"]}
+            grid = {MAX_SECONDS: session.measure(model_dir, "ours", n_layers, "full", steps)["step_cpu_s_median"]}
             for s in grid_seconds:
-                grid[s] = session.measure(model_dir, "ours", n_layers, "mix", steps, seconds=s)["step_s_median"]
+                grid[s] = session.measure(model_dir, "ours", n_layers, "mix", steps, seconds=s)["step_cpu_s_median"]
             orig = session.measure(model_dir, "original", n_layers, "mix", steps)
-            epochs[n_layers] = epoch_estimate(grid, orig["step_s_median"], args.epoch_items, args.batch_size, args.seed)
+            epochs[n_layers] = epoch_estimate(grid, orig["step_cpu_s_median"], args.epoch_items, args.batch_size, args.seed)
     print("\n" + table(session.results))
     for n_layers, est in epochs.items():
         print(f"\n{n_layers}-layer " + epoch_lines(est))

@@ -180,3 +180,15 @@ def test_prepare_scp_lists(prepared_dir: Path, tmp_path: Path):
         assert (got[r["id"]]["fold"], got[r["id"]]["speaker"], got[r["id"]]["label"]) == \
             (r["session"], r["speaker"], r["label"])
     assert json.loads((out / "prepare.json").read_text())["folds"] == [1, 2, 3, 4, 5]
+
+
+def test_prepare_csv_session_column_gives_folds_and_rerun_keeps_status(tmp_path: Path):
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(tmp_path / name, np.full(8000, 0.1, np.float32), 16000)
+    (tmp_path / "l.csv").write_text("path,label,speaker,session\n"
+                                    "a.wav,x,s1,3\nb.wav,y,s2,7\nc.wav,x,s1,3\nmissing.wav,y,s2,7\n")
+    args = ["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "d")]
+    assert main(args) == 1
+    assert {r["id"]: r["fold"] for r in read_manifest(tmp_path / "d")} == {"a": 3, "b": 7, "c": 3}
+    assert read_prepare_meta(tmp_path / "d")["labels"] == ["x", "y"]
+    assert main(args) == 1  # skipped, but the earlier rejection still decides the status

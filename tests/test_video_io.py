@@ -242,10 +242,17 @@ def test_face_cropper_finds_a_cartoon_face_and_falls_back():
 
 def test_face_cropper_holds_the_last_box_for_a_while(monkeypatch):
     pytest.importorskip("cv2")
-    cropper = V.FaceCropper(margin=0.0, hold=2)
+    cropper = V.FaceCropper(margin=0.0, hold=2, every=1)
     boxes = iter([(10, 20, 100, 100), None, None, None])
     monkeypatch.setattr(cropper, "_detect", lambda image: next(boxes))
     image = np.zeros((480, 360, 3), np.uint8)
     shapes = [cropper(image, key="left").shape for _ in range(4)]
     assert shapes[:3] == [(100, 100, 3)] * 3  # found, then held twice
     assert shapes[3] == image.shape and cropper.fallbacks == 1
+
+
+def test_span_far_past_the_end_terminates(long_avi):
+    """Seeking towards a start past the end must not loop (each target is sought once)."""
+    results = dict(read_spans(long_avi, [(0.0, 0.2), (30.0, 31.0)]))
+    assert frame_indices(results[0]) == list(range(6))
+    assert "outside the video" in results[1].reason

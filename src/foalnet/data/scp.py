@@ -56,7 +56,8 @@ def build_scp(lists: list[str | Path], labels: list[str] | None = None) -> Prepa
             seen.add(utt_id)
             wav = (list_path.parent / wav_text).resolve()
             if label not in labels:
-                rejections.append(Rejection(utt_id, str(wav), f"label {label!r} outside the set {labels}"))
+                rejections.append(Rejection(utt_id, str(wav),
+                                            f"label {label!r} outside the set {labels}"))
                 continue
             try:
                 records.append(_record(utt_id, wav, label, list_index))

@@ -408,10 +408,12 @@ def write_video(path: Path, utts: list[Utt], spec: DialogSpec, actors: dict[str,
             for side, actor in enumerate((left, right)):
                 if ui >= 0 and utts[ui].actor is actor:
                     v, m = valence_level(utts[ui].valence), _mouth_level(utts[ui], i / FPS)
-                else:  # listening or pause: near-neutral face, mouth closed
-                    v, m = valence_level(listen_v[ui] + (0.3 * utts[ui].valence if ui >= 0 else 0)), 0
+                else:  # listening (mirrors the speaker a little) or pause: mouth closed
+                    mirror = 0.3 * utts[ui].valence if ui >= 0 else 0.0
+                    v, m = valence_level(listen_v[ui] + mirror), 0
                 dx, dy = shifts[ui, side] + PAD
-                frame[:, side * HALF:(side + 1) * HALF] = sprites.get(actor, v, m)[dy:dy + HEIGHT, dx:dx + HALF]
+                sprite = sprites.get(actor, v, m)  # (H + 2P, W/2 + 2P, 3)
+                frame[:, side * HALF:(side + 1) * HALF] = sprite[dy:dy + HEIGHT, dx:dx + HALF]
             for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
             if (i + 1) % FPS == 0 or i == n_frames - 1:  # one second of audio per second of video

@@ -378,12 +378,14 @@ def crop_region(image: np.ndarray, region: str) -> np.ndarray:
 class FaceCropper:
     """Face box from OpenCV's Haar cascade (optional extra `face`), else the whole region.
 
-    Detection runs on a half-size grey image; the last box found is reused while detection
-    fails for up to `hold` frames, so a blink of the detector does not jump the crop.
-    `fallbacks` counts frames served without any face box.
+    Detection runs on a grey copy `detect_width` px wide, looks for faces of at least a fifth
+    of that width, and runs on every `every`-th frame of a region (faces move little between
+    frames); the last box is reused until it is `hold` frames old, so a miss of the detector
+    does not jump the crop. `fallbacks` counts frames served without a face box.
     """
 
-    def __init__(self, margin: float = 0.25, hold: int = 15):
+    def __init__(self, margin: float = 0.25, hold: int = 15, every: int = 3,
+                 detect_width: int = 160):
         try:
             import cv2
         except ImportError as err:
@@ -393,37 +395,49 @@ class FaceCropper:
         self._detector = cv2.CascadeClassifier(cascade)
         if self._detector.empty():
             raise ImportError(f"OpenCV face cascade not found at {cascade}")
-        self.margin = margin
-        self.hold = hold
+        self.margin, self.hold, self.every, self.detect_width = margin, hold, every, detect_width
         self.fallbacks = 0
-        self._last: dict[str, tuple[tuple[int, int, int, int], int]] = {}
+        self._last: dict[str, tuple[tuple[int, int, int, int], int]] = {}  # key -> (box, age)
+        self._calls: dict[str, int] = {}
 
     def settings(self) -> dict:
-        return {"detector": "haar_frontalface_default", "margin": self.margin, "hold": self.hold}
+        return {"detector": "haar_frontalface_default", "margin": self.margin, "hold": self.hold,
+                "every": self.every, "detect_width": self.detect_width}
 
     def _detect(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
+        """(x, y, w, h) of the largest face in full-size pixels, or None."""
         cv2 = self._cv2
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        small = cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2),
-                           interpolation=cv2.INTER_AREA)
-        found = self._detector.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5,
-                                                minSize=(24, 24))
+        H, W, _ = image.shape
+        scale = max(1.0, W / self.detect_width)
+        small = cv2.resize(image, (int(W / scale), int(H / scale)), interpolation=cv2.INTER_AREA)
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        least = max(16, grey.shape[1] // 5)
+        found = self._detector.detectMultiScale(grey, scaleFactor=1.15, minNeighbors=4,
+                                                minSize=(least, least))
         if len(found) == 0:
             return None
         x, y, w, h = max(found, key=lambda b: b[2] * b[3])
-        return int(x) * 2, int(y) * 2, int(w) * 2, int(h) * 2
+        return tuple(int(round(v * scale)) for v in (x, y, w, h))
+
+    def _box(self, image: np.ndarray, key: str) -> tuple[int, int, int, int] | None:
+        n = self._calls[key] = self._calls.get(key, -1) + 1
+        last = self._last.get(key)
+        found = None if (last is not None and n % self.every) else self._detect(image)
+        if found is not None:
+            box, age = found, 0
+        elif last is not None:
+            box, age = last[0], last[1] + 1
+        else:
+            return None
+        if age > self.hold:
+            self._last.pop(key, None)
+            return None
+        self._last[key] = (box, age)
+        return box
 
     def __call__(self, image: np.ndarray, key: str = "") -> np.ndarray:
         """The face (square, with margin) of `image`; the image itself when none is found."""
-        box = self._detect(image)
-        if box is None and key in self._last:
-            box, age = self._last[key]
-            if age >= self.hold:
-                box = None
-            else:
-                self._last[key] = (box, age + 1)
-        elif box is not None:
-            self._last[key] = (box, 0)
+        box = self._box(image, key)
         if box is None:
             self.fallbacks += 1
             return image

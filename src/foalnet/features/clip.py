@@ -8,6 +8,7 @@ used so the features match what the checkpoint was trained with.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 
@@ -39,6 +40,8 @@ class ClipVisualEncoder(VisualEncoder):
     """Projected CLIP image embeddings (`image_embeds`), one per frame, float32 (N, D)."""
 
     def __init__(self, name: str, device: str = "cpu", dtype: str = "float32"):
+        if name.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(name)):
+            raise FileNotFoundError(f"{name}: no such checkpoint folder")
         import torch
         from transformers import CLIPVisionModelWithProjection
 
@@ -65,7 +68,7 @@ class ClipVisualEncoder(VisualEncoder):
             "crop_size": dict(proc.crop_size) if getattr(proc, "crop_size", None) else None,
             "image_mean": list(proc.image_mean),
             "image_std": list(proc.image_std),
-            "dtype": str(self.torch_dtype).replace("torch.", ""),
+            "torch_dtype": str(self.torch_dtype).replace("torch.", ""),
             "weights_sha1": self._digest,
         }
 

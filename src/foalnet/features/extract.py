@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -239,27 +239,22 @@ def _plan(records: Iterable[dict], store: VisualFeatureStore, crop: str, meta: d
     return todo
 
 
-def _extract_video(items: list[_Item], encoder: VisualEncoder, face: FaceCropper | None,
-                   fps: float | None, batch_size: int,
-                   emit: Callable[[_Item, np.ndarray | str], None]) -> int:
-    """Serve all items of one video in one decode pass; returns the frames embedded."""
-    embedder = SpanEmbedder(encoder, [it.region for it in items], batch_size, face)
+def _serve_video(items: list[_Item], embedder: SpanEmbedder, fps: float | None,
+                 ) -> Iterator[tuple[_Item, np.ndarray | str]]:
+    """All items of one video from one decode pass: (item, features or failure reason)."""
     served: set[int] = set()
-
-    def deliver(results: list[tuple[int, np.ndarray | str]]) -> None:
-        for span, result in results:
-            served.add(span)
-            emit(items[span], result)
-
     try:
         for event in walk_spans(items[0].video, [(it.start, it.end) for it in items], fps=fps):
-            deliver(embedder.feed(event))
-        deliver(embedder.finish())
-    except VideoError as err:
+            for span, result in embedder.feed(event):
+                served.add(span)
+                yield items[span], result
+        for span, result in embedder.finish():
+            served.add(span)
+            yield items[span], result
+    except VideoError as err:  # the file cannot be opened: nothing of it can be served
         for span, item in enumerate(items):
             if span not in served:
-                emit(item, err.reason)
-    return embedder.embedded_frames
+                yield item, err.reason
 
 
 def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: str = "side",
@@ -274,6 +269,7 @@ def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: st
 
     if crop not in CLI_CROPS:
         raise ValueError(f"unknown crop {crop!r}; expected one of {', '.join(CLI_CROPS)}")
+    t0 = time.perf_counter()
     data_dir = Path(data_dir)
     records = _read_records(data_dir)
     face = _face_cropper(crop)
@@ -286,22 +282,22 @@ def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: st
     for item in todo:
         by_video[item.video].append(item)
 
-    t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit="utt", desc=f"extract-visual {slug}", disable=not progress)
-
-    def emit(item: _Item, result: np.ndarray | str) -> None:
-        if isinstance(result, str):
-            report.rejected.append({"id": item.id, "path": item.video, "reason": result})
-        else:
-            store.put(item.id, item.key, result)
-            report.done += 1
-        bar.update(1)
-
     try:
         for video in sorted(by_video):
-            report.frames += _extract_video(by_video[video], encoder, face, fps, batch_size, emit)
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(frames_s=f"{report.frames / max(elapsed, 1e-9):.0f}")
+            items = by_video[video]
+            embedder = SpanEmbedder(encoder, [it.region for it in items], batch_size, face)
+            for item, result in _serve_video(items, embedder, fps):
+                if isinstance(result, str):
+                    report.rejected.append({"id": item.id, "path": item.video, "reason": result})
+                else:
+                    store.put(item.id, item.key, result)
+                    report.done += 1
+                frames = report.frames + embedder.embedded_frames
+                bar.set_postfix(frames_s=f"{frames / (time.perf_counter() - t0):.0f}",
+                                refresh=False)
+                bar.update(1)
+            report.frames += embedder.embedded_frames
     finally:
         bar.close()
         report.seconds = time.perf_counter() - t0
