@@ -37,11 +37,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-s
 CANDIDATES: dict[str, dict] = {
     "default": {},
     "mel_cmn": {"use_prosody": False, "normalization": "utterance"},
-    "prosody_only": {"use_mel": False},
-    "mel_prosody_global": {"normalization": "global"},
+    "prosody_only": {"use_mel": False, "normalization": "both"},
+    "mel_prosody_both": {"normalization": "both"},
     "mel_prosody_utterance": {"normalization": "utterance"},
-    "frame_mlp": {"num_layers": 0},
-    "context_std": {"utterance_std": True},
+    "frame_mlp": {"num_layers": 0, "normalization": "both"},
+    "context_std": {"utterance_std": True, "normalization": "both"},
     "wavlm_scratch": {},  # WavLMConfig overrides; see ScratchWavLMHead
 }
 

@@ -37,8 +37,11 @@ def test_shapes_and_frame_count(encoder: OfflineAudioEncoder) -> None:
     assert encoder.hidden_size == 32
 
 
-def test_padding_does_not_change_valid_frames(encoder: OfflineAudioEncoder) -> None:
+@pytest.mark.parametrize("options", [{}, {"normalization": "both", "utterance_std": True},
+                                     {"normalization": "utterance", "stride": 3}])
+def test_padding_does_not_change_valid_frames(options: dict) -> None:
     torch.manual_seed(1)
+    encoder = OfflineAudioEncoder(hidden_size=16, **options).eval()
     x = torch.randn(2, 12000) * 0.1
     mask = torch.ones(2, 12000, dtype=torch.bool)
     mask[1, 7000:] = False

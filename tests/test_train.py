@@ -236,6 +236,9 @@ def test_bad_command_line_exits_2(data_dir, tmp_path):
     assert main(["train", str(data_dir), "--fold", "1", "--out", str(tmp_path / "r"), "--preset",
                  "tiny", "--set", "train.epochs=zero"]) == 2
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    (tmp_path / "used" / "checkpoints").mkdir(parents=True)  # an earlier run lives there
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(tmp_path / "used"),
+                 "--preset", "tiny"]) == 2
     assert main(["cv", str(data_dir), "--out", str(tmp_path / "c"), "--preset", "tiny",
                  "--folds", "9"]) == 2
 

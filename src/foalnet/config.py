@@ -185,10 +185,12 @@ def preset(name: str) -> ExperimentConfig:
     if name == "paper":
         return ExperimentConfig(model=model_cls.paper(), data=DataConfig(), train=TrainConfig())
     if name == "tiny":
+        # Measured on the synthetic corpus (foalnet cv --preset tiny, folds 1 and 3): lr 3e-3 /
+        # 30 epochs gave test UA 0.775 / 0.804, lr 1e-3 / 30 epochs 0.675 / 0.850, 15 epochs 0.59.
         train = TrainConfig(
-            lr=1e-3,  # small models from scratch learn faster with a larger step
+            lr=3e-3,  # small models trained from scratch on ~150 items need a larger step
             batch_size=16,
-            epochs=8,
+            epochs=30,
             mixed_precision="no",
             cpu=True,
         )

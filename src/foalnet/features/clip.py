@@ -45,7 +45,8 @@ class ClipVisualEncoder(VisualEncoder):
         import torch
         from transformers import CLIPVisionModelWithProjection
 
-        self.name = name
+        # a local folder is recorded by its absolute path, so inference finds it from anywhere
+        self.name = os.path.abspath(os.path.expanduser(name)) if os.path.isdir(name) else name
         self.device = torch.device(device)
         self.torch_dtype = getattr(torch, dtype)
         self.processor = _image_processor_class().from_pretrained(name)

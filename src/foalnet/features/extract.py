@@ -144,14 +144,18 @@ def embed_video(path: str | os.PathLike, encoder: VisualEncoder, crop: str = "fu
                 batch_size: int = 32) -> np.ndarray:
     """Features of one file (or one span of it), exactly as `extract-visual` makes them.
 
-    crop: full | left | right | face (face: searched in the full frame) | side (= full here:
-    a new file has no recorded speaker side). Returns float16 (T, D), the dtype of the cache.
-    Raises VideoError naming the file and the problem.
+    crop: full | left | right | face (searched in the full frame) | face:left | face:right |
+    side (= full here: a new file has no recorded speaker side). Returns float16 (T, D), the
+    dtype of the cache. Raises VideoError naming the file and the problem.
     """
-    if crop not in CLI_CROPS:
+    if crop in ("face:left", "face:right"):
+        region = crop
+    elif crop in CLI_CROPS:
+        region = resolve_crop(crop, None)
+    else:
         raise ValueError(f"unknown crop {crop!r}; expected one of {', '.join(CLI_CROPS)}")
-    region = resolve_crop(crop, None)
-    embedder = SpanEmbedder(encoder, [region], batch_size, _face_cropper(crop))
+    face = _face_cropper("face" if region.startswith("face:") else crop)
+    embedder = SpanEmbedder(encoder, [region], batch_size, face)
     results: list[tuple[int, np.ndarray | str]] = []
     for event in walk_spans(path, [(start, end)], fps=fps):
         results += embedder.feed(event)

@@ -49,7 +49,7 @@ class OfflineAudioConfig:
     n_mels: int = 40  # log-mel bands
     use_mel: bool = True  # include the log-mel bands
     use_prosody: bool = True  # include the prosodic LLDs (F0, voicing, energy, tilt, ...)
-    normalization: str = "both"  # "global" (fixed scale), "utterance" (mean-centred) or "both"
+    normalization: str = "global"  # "global" (fixed scale), "utterance" (mean-centred) or "both"
     utterance_std: bool = False  # append each feature's utterance std to every frame (context)
     f0_min: float = 60.0  # lowest F0 searched (Hz)
     f0_max: float = 500.0  # highest F0 searched (Hz)

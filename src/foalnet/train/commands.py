@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,6 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from foalnet.config import ExperimentConfig
     from foalnet.train.run import CONFIG_FILE, train_fold
 
+    if args.resume is True and not args.out and args.data_dir and (Path(args.data_dir) / CONFIG_FILE).is_file():
+        args.resume = args.data_dir  # foalnet train RUN_DIR --resume
     if isinstance(args.resume, str):  # foalnet train --resume RUN_DIR
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG_FILE).is_file():
@@ -168,7 +169,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a tiny-preset field, e.g. train.epochs=4")
     demo.set_defaults(func=cmd_demo)
-
-
-def elapsed(start: float) -> str:
-    return f"{time.time() - start:.1f} s"

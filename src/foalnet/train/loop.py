@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,7 +200,7 @@ class Engine:
     # ----------------------------------------------------------------- end of epoch
 
     def _end_epoch(self, model, dev_loader, state: TrainerState, epoch: int, seconds: float) -> None:
-        acc, cfg = self.accelerator, self.train_cfg
+        acc = self.accelerator
         dev_targets = dev_loader.dataset.targets() if dev_loader is not None else []
         result = self.evaluate(model, dev_loader, dev_targets) if dev_loader is not None else None
         if result is not None:
@@ -321,6 +321,3 @@ def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: fl
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-Callback = Callable[[Engine, TrainerState], None]

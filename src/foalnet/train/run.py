@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import logging
-import math
 import platform
 import subprocess
 import time
@@ -163,6 +162,9 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     if resume and (run_dir / CONFIG_FILE).is_file():
         cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
     cfg.check_complete()
+    if not resume and ((run_dir / "checkpoints").is_dir() or is_complete(run_dir)):
+        raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                         "or choose a new --out")
     if cfg.data.fold is None:
         raise ValueError("data.fold is not set: pass --fold K")
     started = time.time()
@@ -320,7 +322,3 @@ def _git_hash() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def fmt_pct(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
