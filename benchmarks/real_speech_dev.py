@@ -6,7 +6,7 @@ mean pool + Linear(H, 4), the audio-only head of FoalNet, trained with AdamW, ba
 class-balanced sampling, a fixed number of epochs (no early stopping: no dev set is touched).
 
     OMP_NUM_THREADS=1 python benchmarks/real_speech_dev.py --candidates default --seeds 0 1 2 \
-        --out runs/real_speech_dev.json
+        --out benchmarks/results/real_speech_dev.json
 
 Since the front end is fixed, its features are computed once per clip and only the trainable
 part (``encoder.encode``) runs in the loop; this equals running ``encoder(waveform, mask)``.
@@ -31,6 +31,7 @@ from torch import nn
 from foalnet.model.audio_offline import OfflineAudioEncoder, masked_mean
 
 LABELS = ["neu", "hap", "sad", "ang"]
+# the project's shared data folder next to the work tree; override with --data
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-speech-dev"
 
 # name -> encoder options; "default" is OfflineAudioEncoder() as shipped
@@ -49,6 +50,8 @@ CANDIDATES: dict[str, dict] = {
 def load_corpus(root: Path) -> tuple[list[np.ndarray], list[int], list[str]]:
     """Read labels.csv and every clip as mono float32 at 16 kHz."""
     waves, labels, speakers = [], [], []
+    if not (root / "labels.csv").is_file():
+        raise SystemExit(f"{root / 'labels.csv'}: not found (pass --data DIR with labels.csv path,label,speaker)")
     with open(root / "labels.csv", newline="") as f:
         for row in csv.DictReader(f):
             audio, sr = sf.read(root / row["path"], dtype="float32", always_2d=True)
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help="extra encoder options applied to every candidate, e.g. hidden_size=64")
-    parser.add_argument("--out", type=Path, default=Path("real_speech_dev.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "real_speech_dev.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}

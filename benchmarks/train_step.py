@@ -462,6 +462,7 @@ class Session:
             r["load_avg_1min"] = os.getloadavg()[0]
             with self.log.open("a") as f:
                 f.write(json.dumps(r) + "\n")
+            self.done[key] = r
         if all(config_key(x) != key for x in self.results):
             self.results.append(r)
         return r

@@ -225,7 +225,12 @@ def _initial_state(acc, run_dir: Path, resume: bool, sampler: BalancedSampler) -
         return TrainerState(sampler=sampler.state_dict())
     for name in ("best", "last"):
         recover_model_dir(run_dir / name)
-    state = load_checkpoint(acc, latest)
+    try:
+        state = load_checkpoint(acc, latest)
+    except RuntimeError as err:  # e.g. size mismatch: the model code/defaults changed since
+        detail = str(err).strip().splitlines()[-1].strip()
+        raise ValueError(f"{latest}: checkpoint does not fit the model built from "
+                         f"{run_dir / CONFIG_FILE} ({detail}); start a new --out") from err
     sampler.load_state_dict(state.sampler)
     acc.print(f"resumed from {latest} (epoch {state.epoch + 1}, step {state.step_in_epoch})")
     return state
