@@ -15,25 +15,28 @@ Design (chosen by measurement, see below):
   mean pool turns into utterance statistics (like openSMILE functionals).
 
 Measured with ``OMP_NUM_THREADS=1 python benchmarks/real_speech_dev.py --candidates NAME
---seeds ...`` (96 RAVDESS clips, 6 speaker-disjoint folds of 2 actors, encoder + masked mean +
-Linear, AdamW lr 1e-3 wd 0.01, batch 16 class-balanced, 40 epochs, hidden 64; UA mean over
+--seeds ... --epochs E`` (96 RAVDESS clips, 6 speaker-disjoint folds of 2 actors, encoder +
+masked mean + Linear, AdamW lr 1e-3 wd 0.01, batch 16 class-balanced, hidden 64; UA = mean over
 folds and seeds +- std over folds; reference eGeMAPS + RBF-SVM 0.562 +- 0.114):
 
-    default (mel + prosody, global scale)   0.573 +- 0.159, seed std 0.044 (3 seeds)
-    mel + prosody, global and centred copy   0.521 +- 0.161, seed std 0.031 (3 seeds)
-    mel + prosody, utterance-centred only    0.510 +- 0.155 (1 seed)
-    + per-utterance std context per frame    0.448 +- 0.092 (1 seed)
-    frame-wise MLP (num_layers=0), both      0.531 +- 0.086 (1 seed)
-    log-mel with utterance mean removed      0.469 +- 0.117 (1 seed)
-    prosodic LLDs only, both                 0.365 +- 0.134 (1 seed)
+    default (mel + prosody, global), E=80   0.622 +- 0.210, seed std 0.026 (seeds 0-2)
+    default, E=40                           0.580 +- 0.178, seed std 0.034 (seeds 0-2)
+    default, E=40, lr 3e-4                  0.521 +- 0.165, seed std 0.015 (seeds 0-1)
+    mel + prosody, global + centred copy    0.521 +- 0.161, seed std 0.031 (E=40, seeds 0-2)
+    mel + prosody, utterance-centred only   0.510 +- 0.155 (E=40, seed 0)
+    + per-utterance std context per frame   0.448 +- 0.092 (E=40, seed 0)
+    frame-wise MLP (num_layers=0), both     0.531 +- 0.086 (E=40, seed 0)
+    log-mel with utterance mean removed     0.469 +- 0.117 (E=40, seed 0)
+    prosodic LLDs only, both                0.365 +- 0.134 (E=40, seed 0)
 
-Keeping absolute levels (loudness, pitch height, tilt) beats removing utterance means, which
-matches what is known about acted emotion: level cues carry arousal.  A small WavLM trained from
-scratch (candidate ``wavlm_scratch``, 0.1 M parameters) needs about 9 s per training step of
-16 x 4 s on one shared core, so 6 folds x 200 steps were out of reach here; with ~80 training
-clips there is also nothing for it to learn a front end from -- the DSP features supply that
-prior.  Front end + encoder forward+backward of a 16 x 6 s batch: about 0.35-0.5 s CPU time on
-one thread.
+With 80 training clips an epoch is 5 steps, so E=80 is 400 AdamW steps; fewer steps or a lower
+learning rate under-train.  Keeping absolute levels (loudness, pitch height, tilt) beats
+removing utterance means: in acted emotion, level cues carry arousal.  A small WavLM trained
+from scratch (candidate ``wavlm_scratch``, 0.1 M parameters) took about 9 s wall time per
+training step of 16 x 4 s on one thread of the loaded shared machine, so its 6 folds x 400 steps
+were not run; with ~80 training clips there is also little for it to learn a front end from --
+the DSP features supply that prior.  Front end + encoder forward+backward of a 16 x 6 s batch
+(300 output frames): 0.34-0.49 s CPU time on one thread.
 
 Padding contract: samples beyond ``waveform_mask`` are replaced by +0.0, frames are valid when
 they start inside the valid samples, every convolution sees padded frames zeroed, and utterance

@@ -225,7 +225,10 @@ class Engine:
             unwrapped = acc.unwrap_model(model)
             if improved:
                 save_model_dir(unwrapped, self.run_dir / "best")
-            save_model_dir(unwrapped, self.run_dir / "last")
+            final = epoch + 1 >= self.train_cfg.epochs or (
+                self.train_cfg.max_steps and state.global_step >= self.train_cfg.max_steps)
+            if final:  # last/ = the weights after the final epoch (resume uses checkpoints/)
+                save_model_dir(unwrapped, self.run_dir / "last")
             self._write_metrics(state.history)
             self._tensorboard(row, state.global_step)
         self.hooks.on_epoch_end(self, state, row)
