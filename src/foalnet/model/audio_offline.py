@@ -22,6 +22,8 @@ folds and seeds +- std over folds; reference eGeMAPS + RBF-SVM 0.562 +- 0.114):
     default (mel + prosody, global), E=80   0.622 +- 0.210, seed std 0.026 (seeds 0-2)
     default, E=40                           0.580 +- 0.178, seed std 0.034 (seeds 0-2)
     default, E=40, lr 3e-4                  0.521 +- 0.165, seed std 0.015 (seeds 0-1)
+    default, E=160                          0.646 +- 0.196 (seed 0; E=80 seed 0: 0.625)
+    mel + prosody, global + centred, E=80   0.594 +- 0.162 (seed 0)
     mel + prosody, global + centred copy    0.521 +- 0.161, seed std 0.031 (E=40, seeds 0-2)
     mel + prosody, utterance-centred only   0.510 +- 0.155 (E=40, seed 0)
     + per-utterance std context per frame   0.448 +- 0.092 (E=40, seed 0)
@@ -36,7 +38,7 @@ from scratch (candidate ``wavlm_scratch``, 0.1 M parameters) took about 9 s wall
 training step of 16 x 4 s on one thread of the loaded shared machine, so its 6 folds x 400 steps
 were not run; with ~80 training clips there is also little for it to learn a front end from --
 the DSP features supply that prior.  Front end + encoder forward+backward of a 16 x 6 s batch
-(300 output frames): 0.34-0.49 s CPU time on one thread.
+(300 output frames): 0.36-0.43 s wall time on one thread (5 repeats, machine lightly loaded).
 
 Padding contract: samples beyond ``waveform_mask`` are replaced by +0.0, frames are valid when
 they start inside the valid samples, every convolution sees padded frames zeroed, and utterance

@@ -58,8 +58,9 @@ def ablation_markdown(results: dict[str, dict]) -> str:
     """Our UA/WA beside the paper's, with the protocol of our runs."""
     any_row = next(iter(results.values()))
     lines = ["# Ablation (paper Table 2 rows)", "",
-             f"Ours: {len(any_row['folds'])}-fold cross-validation (folds {any_row['folds']}); "
-             f"protocol: {any_row['protocol']}.", PAPER_NOTE, "",
+             f"Ours: data {any_row.get('data_dir')} (corpus {any_row.get('corpus')}), "
+             f"cross-validation over folds {any_row['folds']}; protocol: {any_row['protocol']}.",
+             PAPER_NOTE, "",
              "| row | UA % (ours) | WA % (ours) | UA % (paper) | WA % (paper) |",
              "|---|---|---|---|---|"]
     for row, summary in results.items():

@@ -78,9 +78,20 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig) -> dict:
         "folds; test fold untouched during selection")
     out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
     out["skipped_items"] = int(sum(per_fold[k].get("skipped_items", 0) for k in folds))
+    out["data_dir"] = cfg.data.data_dir
+    out["corpus"] = _corpus_name(cfg.data.data_dir)
     out["modality"] = cfg.model.modality
     out["use_avel"], out["use_mem"] = cfg.model.use_avel, cfg.model.use_mem
     return out
+
+
+def _corpus_name(data_dir: str) -> str | None:
+    try:
+        from foalnet.data.manifest import read_prepare_meta
+
+        return read_prepare_meta(data_dir).get("corpus")
+    except Exception:  # the name is informative only; a missing prepare.json fails elsewhere
+        return None
 
 
 def write_cv_outputs(cv_dir: Path, summary: dict, title: str) -> None:
@@ -93,7 +104,8 @@ def write_cv_outputs(cv_dir: Path, summary: dict, title: str) -> None:
 
 def report_markdown(summary: dict, title: str) -> str:
     """Per-fold rows and a mean +- std row, in percent."""
-    lines = [f"# {title}", "", f"Protocol: {summary['protocol']}.", "",
+    lines = [f"# {title}", "", f"Data: {summary.get('data_dir')} (corpus {summary.get('corpus')}).",
+             f"Protocol: {summary['protocol']}.", "",
              "| fold | UA % | WA % | macro-F1 % | selected epoch |", "|---|---|---|---|---|"]
     for i, fold in enumerate(summary["folds"]):
         cells = [f"{100 * summary[k]['per_fold'][i]:.2f}" for k in METRICS]
