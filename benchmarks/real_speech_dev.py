@@ -43,6 +43,10 @@ CANDIDATES: dict[str, dict] = {
     "mel_prosody_utterance": {"normalization": "utterance"},
     "frame_mlp": {"num_layers": 0, "normalization": "both"},
     "context_std": {"utterance_std": True, "normalization": "both"},
+    "specaug": {"time_masks": 2, "freq_masks": 2},
+    "feat_drop": {"feature_dropout": 0.1},
+    "attention": {"attention_heads": 4},
+    "variance": {"utterance_var": True},
     "wavlm_scratch": {},  # WavLMConfig overrides; see ScratchWavLMHead
 }
 

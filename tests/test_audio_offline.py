@@ -38,7 +38,9 @@ def test_shapes_and_frame_count(encoder: OfflineAudioEncoder) -> None:
 
 
 @pytest.mark.parametrize("options", [{}, {"normalization": "both", "utterance_std": True},
-                                     {"normalization": "utterance", "stride": 3}])
+                                     {"normalization": "utterance", "stride": 3},
+                                     {"attention_heads": 4, "utterance_var": True, "time_masks": 2,
+                                      "freq_masks": 2, "feature_dropout": 0.2}])
 def test_padding_does_not_change_valid_frames(options: dict) -> None:
     torch.manual_seed(1)
     encoder = OfflineAudioEncoder(hidden_size=16, **options).eval()
@@ -124,3 +126,64 @@ def test_options_are_json_and_validated() -> None:
         OfflineAudioEncoder(normalization="per-speaker")
     with pytest.raises(TypeError):
         OfflineAudioEncoder(hiden_size=8)
+
+
+def test_augmentation_is_off_in_eval_and_keeps_default_init() -> None:
+    torch.manual_seed(0)
+    plain = OfflineAudioEncoder(hidden_size=16).eval()
+    torch.manual_seed(0)
+    aug = OfflineAudioEncoder(hidden_size=16, time_masks=3, freq_masks=3, feature_dropout=0.3).eval()
+    x = tone(180.0, 0.6).repeat(2, 1)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    assert torch.equal(plain(x, mask)[0], aug(x, mask)[0])
+
+
+def test_spec_augment_fills_spans_with_the_clip_mean() -> None:
+    enc = OfflineAudioEncoder(hidden_size=8, n_mels=10, time_masks=1, time_mask_width=5, freq_masks=1,
+                              freq_mask_width=3).train()
+    torch.manual_seed(3)
+    feats = torch.randn(4, 30, enc.front_end.num_features)  # 10 mel + 8 prosodic channels
+    mask = torch.ones(4, 30, dtype=torch.bool)
+    out = enc.augment(feats, mask)
+    changed = out != feats
+    mean = feats.mean(1, keepdim=True).expand_as(feats)
+    assert torch.equal(out[changed], mean[changed])
+    assert changed.any()
+    rows = changed.all(-1)  # hidden time frames: every channel
+    assert (rows.sum(1) <= 5).all()
+    cols = (changed & ~rows.unsqueeze(-1)).any(1)  # hidden bands outside the hidden frames
+    assert not cols[:, 10:].any() and (cols.sum(1) <= 3).all()
+
+
+def test_feature_dropout_drops_whole_channels_in_training() -> None:
+    enc = OfflineAudioEncoder(hidden_size=8, feature_dropout=0.5).train()
+    torch.manual_seed(0)
+    feats = torch.rand(3, 20, enc.front_end.num_features) + 1.0
+    out = enc.augment(feats, torch.ones(3, 20, dtype=torch.bool))
+    zero = (out == 0).all(1)  # (B, F) channels dropped for the whole clip
+    assert zero.any() and torch.allclose(out[~zero.unsqueeze(1).expand_as(out)].view(-1),
+                                         2.0 * feats[~zero.unsqueeze(1).expand_as(out)].view(-1))
+
+
+def test_variance_channels_are_squared_deviations() -> None:
+    enc = OfflineAudioEncoder(hidden_size=8, utterance_var=True)
+    x = tone(150.0, 0.5)[None]
+    feats, mask = enc.features(x, torch.ones_like(x, dtype=torch.bool))
+    nf = enc.front_end.num_features
+    base, var = feats[..., :nf], feats[..., nf:]
+    assert feats.shape[-1] == 2 * nf
+    assert torch.allclose(var, (base - base.mean(1, keepdim=True)).pow(2), atol=1e-5)
+
+
+def test_attention_gives_frames_utterance_context() -> None:
+    torch.manual_seed(0)
+    enc = OfflineAudioEncoder(hidden_size=16, num_layers=0, stride=1, attention_heads=2).eval()
+    x = torch.randn(1, 16000) * 0.1
+    mask = torch.ones_like(x, dtype=torch.bool)
+    ref, _ = enc(x, mask)
+    x2 = x.clone()
+    x2[0, 12000:] = 0.0  # change the end only: without attention, the start frames would not move
+    out, _ = enc(x2, mask)
+    assert not torch.allclose(out[0, :10], ref[0, :10], atol=1e-4)
+    with pytest.raises(ValueError, match="attention_heads"):
+        OfflineAudioEncoder(hidden_size=10, attention_heads=4)

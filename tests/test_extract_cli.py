@@ -168,16 +168,29 @@ def test_bad_items_are_reported_and_the_rest_is_done(mixed, caplog, capsys):
     store = VisualFeatureStore.open(mixed)
     assert store.load("u0").shape == (30, 128) and store.load("u1").shape == (42, 128)
     rejected = {r["id"]: r for r in _rejected(mixed)}
-    assert sorted(rejected) == ["u2", "u3", "u4", "u5", "u6"]
+    assert sorted(rejected) == ["u2", "u3", "u4", "u5"]  # u6 has no video: audio-only, no failure
     assert rejected["u2"]["reason"] == "file not found"
     assert rejected["u2"]["path"].endswith("missing.avi")
     assert "cannot open" in rejected["u3"]["reason"]
     assert rejected["u4"]["reason"] == "empty file"
     assert "outside the video" in rejected["u5"]["reason"]
-    assert rejected["u6"]["path"] is None and "no video" in rejected["u6"]["reason"]
     for uid in rejected:
         assert f"rejected {uid}" in caplog.text
-    assert "failed 5" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed 4" in out and "1 audio-only records (no video) skipped" in out
+
+
+def test_audio_only_manifest_is_a_usage_error_and_creates_nothing(tmp_path):
+    """An audio-only corpus (scp lists, audio csv) has nothing to extract: exit 2 with the reason,
+    no visual/ folder, instead of one rejection per record."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_manifest(data, [make_record(id=f"a{i}", label="neu", corpus="scp", wav=f"/x/{i}.wav", fold=1)
+                          for i in range(3)])
+    with pytest.raises(ValueError, match="no record of the manifest has a video"):
+        extract_visual(data, TinyVisualEncoder(), progress=False)
+    assert main(["extract-visual", str(data), "--encoder", "tiny", "--no-progress"]) == 2
+    assert not (data / "visual").exists()
 
 
 def test_a_broken_video_never_loses_what_was_extracted(mixed, tmp_path):

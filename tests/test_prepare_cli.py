@@ -168,12 +168,14 @@ def test_prepare_scp_lists(prepared_dir: Path, tmp_path: Path):
     (tmp_path / "train.scp").write_text("".join(f"{r['id']} {r['wav']} {r['label']}\n" for r in train)
                                         + "Ses01F_impro09_F000 /nowhere/x.wav neu\n")
     (tmp_path / "test.scp").write_text("".join(f"{r['id']} {r['wav']} {r['label']}\n" for r in test)
-                                       + f"odd_one {test[0]['wav']} fru\n")
+                                       + f"odd_one {test[0]['wav']} fru\n" + "two_fields_only x.wav\n")
     out = tmp_path / "data"
     code = main(["prepare", "scp", str(tmp_path / "train.scp"), str(tmp_path / "test.scp"),
                  "--out", str(out)])
     assert code == 1
-    assert {r["id"] for r in read_rejected(out)} == {"Ses01F_impro09_F000", "odd_one"}
+    rejected = {r["id"]: r for r in read_rejected(out)}
+    assert set(rejected) == {"Ses01F_impro09_F000", "odd_one", f"test.scp:{len(test) + 2}"}
+    assert "expected `id path label`" in rejected[f"test.scp:{len(test) + 2}"]["reason"]
     got = {r["id"]: r for r in read_manifest(out)}
     assert len(got) == len(records)
     for r in records:

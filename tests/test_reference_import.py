@@ -162,3 +162,13 @@ def test_import_reference_rejects_extra_and_missing_keys_naming_them(tmp_path, r
     torch.save({"state_dict": missing}, tmp_path / "missing.pt")  # wrapped dicts are unwrapped
     with pytest.raises(ValueError, match="missing keys \\['v2a.layers.1.norm.bias'\\]"):
         import_reference(tmp_path / "missing.pt", str(folder), tmp_path / "m2")
+
+
+@pytest.mark.parametrize("content", [b"", b"junk\n", b"PK\x03\x04 not a zip"])
+def test_import_reference_unreadable_file_is_a_named_error(tmp_path, content, caplog):
+    """Junk, empty or truncated files fail with the file's name (exit 1), never a traceback."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    argv = ["import-reference", str(bad), "--audio-encoder", "unused", "--out", str(tmp_path / "m")]
+    assert main(argv) == 1
+    assert f"{bad}: not a readable torch checkpoint" in caplog.text and not (tmp_path / "m").exists()

@@ -10,10 +10,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+if TYPE_CHECKING:
+    import av
 
 # Extensions that libsndfile reads directly; anything else goes through PyAV.
 SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".snd", ".w64"}
@@ -137,21 +141,57 @@ def _read_soundfile(path: Path, start: float | None, end: float | None) -> tuple
     return data.mean(axis=1), info.sample_rate
 
 
+def _frame_mono(frame: "av.AudioFrame", to_float: "av.AudioResampler") -> np.ndarray:
+    """One decoded frame -> float32 mono samples (channel average)."""
+    out = []
+    for f in to_float.resample(frame):
+        planes = f.to_ndarray()  # (C, N) float32, planar
+        out.append(planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _frame_start(frame: "av.AudioFrame", rate: int) -> int:
+    """Sample index of a frame's first sample (0 when the container gives no timestamp)."""
+    if frame.pts is None or frame.time_base is None:
+        return 0
+    return max(0, round(float(frame.pts * frame.time_base) * rate))
+
+
+def iter_mono_chunks(container: "av.container.InputContainer", stream: "av.audio.AudioStream",
+                     start: float = 0.0) -> Iterator[np.ndarray]:
+    """Decode an audio stream of an open container from ``start`` s: mono float32 chunks at the
+    native rate, sample exact. The one PyAV audio decoder: training's reader (whole file) and
+    inference's streaming reader (seeks near ``start``) both use it. PyAV errors propagate."""
+    import av
+
+    rate = stream.codec_context.sample_rate
+    if start > 1.0:  # seek near the span (keyframe before it), then trim exactly below
+        container.seek(int(max(0.0, start - 0.5) / stream.time_base), stream=stream)
+    to_float = av.AudioResampler(format="fltp")  # planar float, native layout and rate
+    first_sample = round(start * rate)
+    position: int | None = None  # index of the next sample, in native samples
+    for packet in container.demux(stream):
+        for frame in packet.decode():
+            if position is None:
+                position = _frame_start(frame, rate)
+            samples = _frame_mono(frame, to_float)
+            skip = max(0, first_sample - position)
+            position += len(samples)
+            if skip < len(samples):
+                yield samples[skip:]
+
+
 def _read_av(path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
     import av
 
     _check_exists(path)
-    chunks: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise AudioError(path, "no audio stream")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="fltp")  # planar float, native layout/rate
             rate = stream.codec_context.sample_rate
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0))  # (C, n) -> (n,)
+            chunks = list(iter_mono_chunks(container, stream))
     except AudioError:
         raise
     except Exception as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from foalnet.data.audio import SPAN_TOLERANCE, AudioError, audio_info
 from foalnet.data.manifest import Prepared, Rejection, make_record
-from foalnet.data.protocol import speaker_folds
+from foalnet.data.protocol import IEMOCAP_LABELS, speaker_folds
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,20 @@ def _assign_folds(records: list[dict], k: int) -> None:
         r["fold"] = mapping[r["speaker"]]
 
 
+def default_label_order(found: set[str]) -> list[str]:
+    """IEMOCAP's logit order (neu, hap, sad, ang) when the CSV uses only those names, so models
+    of any corpus line up with the paper's and imported ones; otherwise sorted."""
+    if found <= set(IEMOCAP_LABELS):
+        return [c for c in IEMOCAP_LABELS if c in found]
+    return sorted(found)
+
+
 def build_csv(csv_path: str | Path, root: str | Path | None = None, folds: int = 5,
               labels: list[str] | None = None) -> Prepared:
     csv_path = Path(csv_path)
     root = Path(root) if root is not None else csv_path.parent
     rows = read_rows(csv_path)
-    label_order = labels or sorted({r["label"] for r in rows if r["label"]})
+    label_order = labels or default_label_order({r["label"] for r in rows if r["label"]})
     records, rejections, used = [], [], set()
     for index, row in enumerate(rows, 2):  # line 1 is the header
         utt_id = _row_id(row, index, used)
@@ -130,8 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=5,
                         help="speaker-disjoint folds when there is no session column (default 5)")
     parser.add_argument("--labels", default=None,
-                        help="comma-separated label set and logit order (default: sorted labels "
-                             "of the CSV); other labels are rejected")
+                        help="comma-separated label set and logit order (default: neu,hap,sad,ang "
+                             "order for those names, else the CSV's labels sorted); other labels "
+                             "are rejected")
 
 
 def _labels(args: argparse.Namespace) -> list[str] | None:

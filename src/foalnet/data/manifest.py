@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from foalnet.data.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +49,23 @@ def make_record(**fields: Any) -> dict:
     return {name: fields.get(name) for name in MANIFEST_FIELDS}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + os.replace so an interrupted run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_manifest(data_dir: str | Path, records: Iterable[dict]) -> Path:
     path = Path(data_dir) / MANIFEST_NAME
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
     return path
 
 
 def write_rejected(data_dir: str | Path, rejections: Iterable[Rejection]) -> Path:
     path = Path(data_dir) / REJECTED_NAME
     lines = [json.dumps(asdict(r), ensure_ascii=False) for r in rejections]
-    _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
     return path
 
 
 def write_prepare_meta(data_dir: str | Path, meta: dict) -> Path:
     path = Path(data_dir) / PREPARE_META_NAME
-    _atomic_write_text(path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

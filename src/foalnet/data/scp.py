@@ -22,17 +22,20 @@ NAME = "scp"
 HELP = "the original's lists (`id path label` per line)"
 
 
-def read_scp(path: Path) -> list[tuple[str, str, str]]:
-    """(id, wav, label) triples; a line without three fields is a usage error naming the line."""
-    out = []
+def read_scp(path: Path) -> tuple[list[tuple[str, str, str]], list[Rejection]]:
+    """(id, wav, label) triples, and a rejection (id ``<list>:<line>``) per line without three
+    fields: one bad line must not stop the rest of the list (like a bad IEMOCAP summary line)."""
+    out, bad = [], []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) < 3:
-            raise ValueError(f"{path}:{lineno}: expected `id path label`, got {line!r}")
+            bad.append(Rejection(f"{path.name}:{lineno}", str(path),
+                                 f"expected `id path label`, got {line!r}"))
+            continue
         out.append((fields[0], fields[1], fields[-1]))
-    return out
+    return out, bad
 
 
 def _record(utt_id: str, wav: Path, label: str, list_index: int) -> dict:
@@ -50,7 +53,9 @@ def build_scp(lists: list[str | Path], labels: list[str] | None = None) -> Prepa
     labels = labels or list(IEMOCAP_LABELS)
     records, rejections, seen = [], [], set()
     for list_index, list_path in enumerate(map(Path, lists), 1):
-        for utt_id, wav_text, label in read_scp(list_path):
+        entries, bad_lines = read_scp(list_path)
+        rejections.extend(bad_lines)
+        for utt_id, wav_text, label in entries:
             if utt_id in seen:
                 continue
             seen.add(utt_id)

@@ -187,6 +187,7 @@ class ExtractReport:
     done: int = 0
     reused: int = 0
     failed: int = 0
+    audio_only: int = 0  # records without a video (audio-only corpora): nothing to extract, no failure
     frames: int = 0  # frames embedded in this run
     seconds: float = 0.0
     face_fallbacks: int = 0
@@ -204,6 +205,8 @@ class ExtractReport:
         text = (f"visual features {self.slug}: done {self.done}, reused {self.reused}, "
                 f"failed {self.failed}; {self.frames} frames in {self.seconds:.1f} s "
                 f"({self.frames_per_second:.0f} frames/s, {self.utterances_per_second:.1f} utt/s)")
+        if self.audio_only:
+            text += f"; {self.audio_only} audio-only records (no video) skipped"
         if self.face_fallbacks:
             text += f"; no face found in {self.face_fallbacks} frames (whole region used)"
         return text
@@ -222,8 +225,7 @@ def _plan(records: Iterable[dict], store: VisualFeatureStore, crop: str, meta: d
     for rec in records:
         video = rec.get("video")
         if not video:
-            report.rejected.append({"id": rec["id"], "path": None,
-                                    "reason": "no video in the manifest record"})
+            report.audio_only += 1
             continue
         video = os.path.abspath(video)
         try:
@@ -276,6 +278,9 @@ def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: st
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     records = _read_records(data_dir)
+    if records and not any(rec.get("video") for rec in records):
+        raise ValueError(f"{data_dir}: no record of the manifest has a video (an audio-only "
+                         "corpus): nothing to extract; train it with --modality audio")
     face = _face_cropper(crop)
     meta = frame_settings(encoder, crop, fps, face)
     slug = store_slug(encoder.name, crop, fps)

@@ -23,6 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
+from foalnet.data.files import write_text_atomic
 from foalnet.features.base import FeatureError, encoder_slug
 
 __all__ = ["FeatureError", "VisualFeatureStore", "store_slug", "feature_key"]
@@ -54,10 +55,6 @@ def feature_key(fields: dict) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_index(path: Path) -> dict[str, dict]:
@@ -132,7 +129,7 @@ class VisualFeatureStore:
                 raise FeatureError(root / META_NAME, f"holds features made differently ({pretty}); "
                                    "remove the folder to rebuild it")
         (root / ARRAYS_DIR).mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(root / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(root / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return cls(root, meta, _read_index(root / INDEX_NAME))
 
     @staticmethod
@@ -220,5 +217,5 @@ class VisualFeatureStore:
     def write_rejected(self, rejected: Iterable[dict]) -> Path:
         """The failures of the latest run (replaces the previous run's list)."""
         path = self.root / REJECTED_NAME
-        _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rejected))
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rejected))
         return path

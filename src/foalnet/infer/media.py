@@ -17,6 +17,8 @@ import av
 import numpy as np
 import soxr
 
+from foalnet.data.audio import iter_mono_chunks
+
 
 class MediaError(RuntimeError):
     """A media file that cannot be used; the message names the file and the problem."""
@@ -103,15 +105,6 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         )
 
 
-def _mono(frame: av.AudioFrame, to_float: av.AudioResampler) -> np.ndarray:
-    """One decoded frame -> float32 mono samples (channel average)."""
-    out = []
-    for f in to_float.resample(frame):
-        planes = f.to_ndarray()  # (C, N) float32, planar
-        out.append(planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0])
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
 def _decoded_chunks(path: str, start: float) -> Iterator[tuple[np.ndarray, int]]:
     """Mono float32 chunks at the native rate, starting at `start` seconds (sample exact)."""
     with _open(path) as container:
@@ -121,30 +114,11 @@ def _decoded_chunks(path: str, start: float) -> Iterator[tuple[np.ndarray, int]]
         rate = stream.codec_context.sample_rate
         if not rate:
             raise MediaError(path, "audio stream has no sample rate")
-        if start > 1.0:  # seek near the span (keyframe before it), then trim exactly below
-            container.seek(int(max(0.0, start - 0.5) / stream.time_base), stream=stream)
-        to_float = av.AudioResampler(format="fltp")
-        first_sample = round(start * rate)
-        position: int | None = None  # index of the next sample, in native samples
         try:
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    if position is None:
-                        position = _frame_start(frame, rate)
-                    samples = _mono(frame, to_float)
-                    skip = max(0, first_sample - position)
-                    position += len(samples)
-                    if skip < len(samples):
-                        yield samples[skip:], rate
+            for samples in iter_mono_chunks(container, stream, start):
+                yield samples, rate
         except av.FFmpegError as err:
             raise MediaError(path, f"audio decoding failed ({err})") from err
-
-
-def _frame_start(frame: av.AudioFrame, rate: int) -> int:
-    """Sample index of a frame's first sample (0 when the container gives no timestamp)."""
-    if frame.pts is None or frame.time_base is None:
-        return 0
-    return max(0, round(float(frame.pts * frame.time_base) * rate))
 
 
 def iter_audio(

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from foalnet.data.files import write_text_atomic
 
 # name -> "module:attr"; attr is a class or a builder taking **options and returning an encoder.
 AUDIO_ENCODERS: dict[str, str] = {
@@ -209,6 +210,4 @@ def load_audio_encoder(
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON via a temp file + os.replace, so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

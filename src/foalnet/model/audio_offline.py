@@ -71,6 +71,13 @@ class OfflineAudioConfig:
     use_prosody: bool = True  # include the prosodic LLDs (F0, voicing, energy, tilt, ...)
     normalization: str = "global"  # "global" (fixed scale), "utterance" (mean-centred) or "both"
     utterance_std: bool = False  # append each feature's utterance std to every frame (context)
+    utterance_var: bool = False  # append (x - utterance mean)^2 per frame: its pooled mean is the variance
+    time_masks: int = 0  # SpecAugment (training only): time spans per clip filled with the clip's mean
+    time_mask_width: int = 20  # longest time span (front-end 10 ms frames)
+    freq_masks: int = 0  # SpecAugment (training only): mel band spans per clip filled with the clip's mean
+    freq_mask_width: int = 8  # widest mel span (bands)
+    feature_dropout: float = 0.0  # training only: drop whole feature channels per clip (Dropout1d)
+    attention_heads: int = 0  # > 0: one residual self-attention block after the convs (utterance context)
     f0_min: float = 60.0  # lowest F0 searched (Hz)
     f0_max: float = 500.0  # highest F0 searched (Hz)
     voicing_threshold: float = 0.45  # normalised autocorrelation peak needed to call a frame voiced
@@ -87,6 +94,12 @@ class OfflineAudioConfig:
             bad.append(f"kernel_size={self.kernel_size} (odd, >= 1)")
         if not 0.0 <= self.dropout < 1.0:
             bad.append(f"dropout={self.dropout}")
+        if not 0.0 <= self.feature_dropout < 1.0:
+            bad.append(f"feature_dropout={self.feature_dropout}")
+        if min(self.time_masks, self.time_mask_width, self.freq_masks, self.freq_mask_width) < 0:
+            bad.append("time/freq mask counts and widths must be >= 0")
+        if self.attention_heads < 0 or (self.attention_heads and self.hidden_size % self.attention_heads):
+            bad.append(f"attention_heads={self.attention_heads} (>= 0, divides hidden_size)")
         if self.normalization not in ("global", "utterance", "both"):
             bad.append(f"normalization={self.normalization!r} (global, utterance or both)")
         if not (self.use_mel or self.use_prosody):
@@ -255,6 +268,38 @@ class ConvBlock(nn.Module):
         return x + self.drop(F.gelu(h))
 
 
+class AttentionBlock(nn.Module):
+    """Residual pre-LN self-attention over valid frames: gives every frame the utterance context."""
+
+    def __init__(self, size: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(size)
+        self.heads = heads
+        self.qkv = nn.Linear(size, 3 * size)
+        self.out = nn.Linear(size, size)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, H), mask (B, L) -> (B, L, H); padded keys get exactly zero weight."""
+        B, L, H = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(H // self.heads)  # (B, heads, L, L)
+        scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        h = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, L, H)  # (B, L, H)
+        return x + self.drop(self.out(h)) * mask.unsqueeze(-1)
+
+
+def span_mask(B: int, size: int, count: int, width: int, device: torch.device) -> torch.Tensor:
+    """(B, size) bool: ``count`` random spans per row, each of 0..width positions (SpecAugment)."""
+    pos = torch.arange(size, device=device)
+    hit = torch.zeros(B, size, dtype=torch.bool, device=device)
+    for _ in range(count):
+        w = torch.randint(0, width + 1, (B, 1), device=device)
+        start = (torch.rand(B, 1, device=device) * (size - w + 1).clamp(min=1)).long()
+        hit |= (pos >= start) & (pos < start + w)
+    return hit
+
+
 class OfflineAudioEncoder(nn.Module):
     """DSP front end (buffers) + trainable frame encoder; see the module docstring for why."""
 
@@ -264,7 +309,7 @@ class OfflineAudioEncoder(nn.Module):
         cfg = self.config
         self.front_end = DSPFrontEnd(cfg)
         self.hidden_size = cfg.hidden_size
-        copies = (2 if cfg.normalization == "both" else 1) + int(cfg.utterance_std)
+        copies = (2 if cfg.normalization == "both" else 1) + int(cfg.utterance_std) + int(cfg.utterance_var)
         in_features = self.front_end.num_features * copies
         self.input_proj = nn.Conv1d(in_features, cfg.hidden_size, cfg.stride, stride=cfg.stride)
         self.input_drop = nn.Dropout(cfg.dropout)
@@ -272,6 +317,8 @@ class OfflineAudioEncoder(nn.Module):
             ConvBlock(cfg.hidden_size, cfg.kernel_size, 2**i, cfg.dropout) for i in range(cfg.num_layers)
         )
         self.out_norm = nn.LayerNorm(cfg.hidden_size)
+        # created last so that the default modules are initialised exactly as without it
+        self.attention = AttentionBlock(cfg.hidden_size, cfg.attention_heads, cfg.dropout) if cfg.attention_heads else None
 
     def to_dict(self) -> dict:
         """The options this encoder was built with (JSON-serialisable)."""
@@ -287,14 +334,40 @@ class OfflineAudioEncoder(nn.Module):
             if self.config.utterance_std:
                 std = masked_mean(centred.pow(2), mask).sqrt()  # (B, 1, F)
                 parts.append(std.expand_as(x) * valid)
+            if self.config.utterance_var:
+                parts.append(centred.pow(2))
             return torch.cat(parts, -1), mask
 
     def output_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Front-end frame mask (B, L) -> output frame mask (B, ceil(L / stride))."""
         return mask[:, :: self.config.stride]
 
+    def augment(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Training-time SpecAugment + channel dropout on features (B, L, F'); identity in eval mode.
+
+        Masked spans are filled with the clip's mean of that feature (not 0), so the pooled
+        utterance statistics stay near their true values while local evidence is hidden.
+        """
+        cfg = self.config
+        if not self.training:
+            return feats
+        B, L, Fp = feats.shape
+        hide = torch.zeros(B, L, Fp, dtype=torch.bool, device=feats.device)
+        if cfg.time_masks and cfg.time_mask_width:
+            hide |= span_mask(B, L, cfg.time_masks, cfg.time_mask_width, feats.device).unsqueeze(-1)
+        if cfg.use_mel and cfg.freq_masks and cfg.freq_mask_width:
+            bands = span_mask(B, cfg.n_mels, cfg.freq_masks, cfg.freq_mask_width, feats.device)  # (B, M)
+            per_copy = F.pad(bands, (0, self.front_end.num_features - cfg.n_mels))  # mel bands come first
+            hide |= per_copy.repeat(1, Fp // self.front_end.num_features).unsqueeze(1)
+        if hide.any():
+            feats = torch.where(hide, masked_mean(feats, mask), feats)
+        if cfg.feature_dropout:
+            feats = F.dropout1d(feats.transpose(1, 2), cfg.feature_dropout, training=True).transpose(1, 2)
+        return feats
+
     def encode(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Trainable part: features (B, L, F'), mask (B, L) -> hidden (B, L', H), mask (B, L')."""
+        feats = self.augment(feats, mask)
         B, L, _ = feats.shape
         extra = -L % self.config.stride
         x = F.pad(feats * mask.unsqueeze(-1), (0, 0, 0, extra)).transpose(1, 2)  # (B, F', L + extra)
@@ -302,6 +375,8 @@ class OfflineAudioEncoder(nn.Module):
         h = self.input_drop(F.gelu(self.input_proj(x).transpose(1, 2)))  # (B, L', H)
         for block in self.blocks:
             h = block(h, out_mask)
+        if self.attention is not None:
+            h = self.attention(h, out_mask)
         return self.out_norm(h) * out_mask.unsqueeze(-1), out_mask
 
     def forward(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,10 @@ def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such state dict")
-    state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises pickle/Key/EOF/Runtime errors on junk: name the file
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
