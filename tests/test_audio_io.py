@@ -117,3 +117,38 @@ def test_video_without_audio_track(tmp_path: Path):
             container.mux(packet)
     with pytest.raises(AudioError, match="no audio stream"):
         load_audio(path)
+
+
+def test_av_spans_equal_slices_and_decode_only_the_span(tmp_path: Path):
+    """A span of a long PyAV-read file (here 40 s of lossless PCM in mkv) equals the slice of the
+    whole file, sample exact, with or without the seek (start > 1 s), and decoding it keeps far
+    less than the whole track in memory; a span past the end names the file and the reason."""
+    import tracemalloc
+
+    x = np.round(np.random.default_rng(0).uniform(-0.5, 0.5, 40 * 16000) * 32767) / 32767
+    with av.open(str(tmp_path / "long.mkv"), "w") as container:  # 1024-sample packets, as recorders do
+        stream = container.add_stream("pcm_s16le", rate=16000)
+        stream.layout = "mono"
+        for i in range(0, len(x), 1024):
+            frame = av.AudioFrame.from_ndarray(x[None, i:i + 1024].astype(np.float32), format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, i, Fraction(1, 16000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    whole = load_audio(tmp_path / "long.mkv")
+    assert whole.shape == (640000,)
+    np.testing.assert_allclose(whole, x, atol=1 / 32767)
+    for start, end in ((0.5, 1.5), (30.25, 31.0), (39.5, None)):
+        part = load_audio(tmp_path / "long.mkv", start=start, end=end)
+        np.testing.assert_array_equal(part, whole[round(start * 16000):None if end is None else round(end * 16000)])
+    tracemalloc.start()
+    load_audio(tmp_path / "long.mkv", start=30.0, end=30.5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < whole.nbytes / 4, peak  # 2.56 MB for the whole track
+    for start, end in ((39.0, 45.0), (50.0, 51.0), (50.0, None)):
+        with pytest.raises(AudioError, match="outside the file") as err:
+            load_audio(tmp_path / "long.mkv", start=start, end=end)
+        assert err.value.path == str(tmp_path / "long.mkv")

@@ -131,8 +131,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def _save(root: Path, name: str, **overrides) -> Path:
     torch.manual_seed(0)
+    overrides.setdefault("visual_settings", {"crop": "full"})
     config = FoalNetConfig.tiny(labels=LABELS, max_audio_seconds=1.5, max_video_frames=30,
-                                visual_settings={"crop": "full"}, **overrides)
+                                **overrides)
     return FoalNet(config).eval().save_pretrained(root / name)
 
 
@@ -513,3 +514,12 @@ def test_window_frames_bounded_memory(av_predictor, tmp_path):
     tracemalloc.stop()
     assert len(shapes) == 20 and all(20 <= s[0] <= 21 for s in shapes)
     assert peak < 2_000_000, peak
+
+
+def test_cli_side_trained_model_warns_about_the_crop_once(tmp_path, clips, caplog):
+    """A model trained on IEMOCAP's speaker halves: predict without --crop says so, once."""
+    model = _save(tmp_path, "side", visual_settings={"crop": "side"})
+    with caplog.at_level("WARNING"):
+        assert main(["predict", str(model), str(clips["h264_aac_44k.mp4"]),
+                     "--out", str(tmp_path / "p.jsonl")]) == 0
+    assert caplog.text.count("was trained on crop 'side'") == 1

@@ -194,3 +194,33 @@ def test_prepare_csv_session_column_gives_folds_and_rerun_keeps_status(tmp_path:
     assert {r["id"]: r["fold"] for r in read_manifest(tmp_path / "d")} == {"a": 3, "b": 7, "c": 3}
     assert read_prepare_meta(tmp_path / "d")["labels"] == ["x", "y"]
     assert main(args) == 1  # skipped, but the earlier rejection still decides the status
+
+
+def test_prepare_csv_iemocap_names_keep_the_paper_logit_order(tmp_path: Path):
+    """Labels neu/hap/sad/ang in any row order -> prepare.json labels neu, hap, sad, ang (the
+    paper's and import-reference's order), not alphabetical; a subset keeps that order."""
+    for name in ("a.wav", "b.wav", "c.wav", "d.wav"):
+        sf.write(tmp_path / name, np.full(8000, 0.1, np.float32), 16000)
+    (tmp_path / "l.csv").write_text("path,label,speaker\na.wav,sad,s1\nb.wav,ang,s2\n"
+                                    "c.wav,neu,s3\nd.wav,hap,s4\n")
+    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "d"),
+                 "--folds", "2"]) == 0
+    assert read_prepare_meta(tmp_path / "d")["labels"] == ["neu", "hap", "sad", "ang"]
+    (tmp_path / "l2.csv").write_text("path,label,speaker\na.wav,sad,s1\nb.wav,ang,s2\n")
+    assert main(["prepare", "csv", str(tmp_path / "l2.csv"), "--out", str(tmp_path / "d2"),
+                 "--folds", "2"]) == 0
+    assert read_prepare_meta(tmp_path / "d2")["labels"] == ["sad", "ang"]
+
+
+def test_write_text_atomic_replaces_whole_or_not_at_all(tmp_path: Path):
+    """The one atomic writer (manifests, store metadata, model folders): a failed write keeps the
+    old file and leaves no temp file behind."""
+    from foalnet.data.files import write_text_atomic
+
+    path = tmp_path / "manifest.jsonl"
+    write_text_atomic(path, "old\n")
+    write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    with pytest.raises(TypeError):
+        write_text_atomic(path, b"not text")  # type: ignore[arg-type]
+    assert path.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["manifest.jsonl"]

@@ -182,25 +182,40 @@ def iter_mono_chunks(container: "av.container.InputContainer", stream: "av.audio
 
 
 def _read_av(path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    """Decode only [start, end) (seeking near start): a span of a long video costs its own length,
+    not the file's, in time and memory."""
     import av
 
     _check_exists(path)
+    s = 0.0 if start is None else float(start)
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise AudioError(path, "no audio stream")
             stream = container.streams.audio[0]
-            rate = stream.codec_context.sample_rate
-            chunks = list(iter_mono_chunks(container, stream))
+            rate = int(stream.codec_context.sample_rate)
+            want = None if end is None else max(0, round((float(end) - s) * rate))
+            if s < 0 or (want is not None and want == 0):
+                raise AudioError(path, f"span [{s:.3f}, {float(end):.3f}] s outside the file")
+            chunks, got = [], 0
+            for chunk in iter_mono_chunks(container, stream, s):
+                chunks.append(chunk)
+                got += len(chunk)
+                if want is not None and got >= want:
+                    break
     except AudioError:
         raise
     except Exception as err:
         raise AudioError(path, f"unreadable: {err}") from err
-    if not chunks:
+    if not got and start is None:
         raise AudioError(path, "no audio samples")
-    mono = np.concatenate(chunks).astype(np.float32)
-    first, last = _span_frames(path, rate, len(mono), start, end)
-    return mono[first:last], int(rate)
+    short = want is not None and got < want - round(SPAN_TOLERANCE * rate)
+    if not got or short:
+        e = s + got / rate if end is None else float(end)
+        where = f"audio ends at {s + got / rate:.3f} s" if got else f"no audio after {s:.3f} s"
+        raise AudioError(path, f"span [{s:.3f}, {e:.3f}] s outside the file ({where})")
+    mono = np.concatenate(chunks).astype(np.float32, copy=False)
+    return (mono if want is None else mono[:want]), rate
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, start: float | None = None,

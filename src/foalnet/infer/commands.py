@@ -164,10 +164,10 @@ def run(args: argparse.Namespace) -> int:
     except PredictorError as err:
         return _usage(str(err))
     try:
-        predictor.resolve_crop(args.crop)
+        crop = predictor.resolve_crop(args.crop)  # resolved once: its warning is printed once
     except ValueError as err:
         return _usage(str(err))
-    results = predictor.iter_predict(sources, crop=args.crop, window=args.window, hop=args.hop)
+    results = predictor.iter_predict(sources, crop=crop, window=args.window, hop=args.hop)
     if args.out is None:
         ok, failed = _write(results, sys.stdout, None, echo=False)
     else:

@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foalnet.model.losses import masked_mean as _masked_mean
+
 SAMPLE_RATE = 16000
 
 
@@ -128,9 +130,9 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x (B, L, D) over valid frames (B, L) -> (B, 1, D); 0 for empty items."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)
+    """Mean of x (B, L, D) over valid frames (B, L) -> (B, 1, D), broadcastable over frames; 0
+    for empty items (the losses' masked mean, kept 3-d)."""
+    return _masked_mean(x, mask).unsqueeze(1)
 
 
 class DSPFrontEnd(nn.Module):
