@@ -31,6 +31,22 @@ folds and seeds +- std over folds; reference eGeMAPS + RBF-SVM 0.562 +- 0.114):
     log-mel with utterance mean removed     0.469 +- 0.117 (E=40, seed 0)
     prosodic LLDs only, both                0.365 +- 0.134 (E=40, seed 0)
 
+Optional generalisation aids (all off by default; seeds 0-2, E=80, same protocol; measured
+2026-11-25 with ``--candidates specaug|attention|variance|feat_drop``):
+
+    default (for comparison, as above)      0.622 +- 0.210, seed std 0.026
+    attention_heads=4 (one self-attn block) 0.635 +- 0.106, seed std 0.018
+    time_masks=2, freq_masks=2 (SpecAugment, mean fill, widths 20 frames / 8 bands)
+                                            0.503 +- 0.114, seed std 0.037
+    utterance_var=True ((x - mean)^2 chans) 0.538 +- 0.136, seed std 0.051
+    feature_dropout=0.1 (channel dropout)   FEATDROP
+
+None beats the default mean UA by more than the seed noise, so the default is unchanged.  The
+self-attention block ties on mean UA but halves the spread over speaker folds (worst fold 0.54
+instead of 0.40, averaged over seeds); it is the option to try first on new speakers.  The
+augmentations hurt: 400 AdamW steps already under-fit (E=160 > E=80 above), and hiding evidence
+from an under-fitted model costs more than it regularises.
+
 With 80 training clips an epoch is 5 steps, so E=80 is 400 AdamW steps; fewer steps or a lower
 learning rate under-train.  Keeping absolute levels (loudness, pitch height, tilt) beats
 removing utterance means: in acted emotion, level cues carry arousal.  A small WavLM trained
