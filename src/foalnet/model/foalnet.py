@@ -286,6 +286,11 @@ class FoalNet(nn.Module):
                 c.audio_encoder, c.audio_options, freeze_feature_encoder=c.freeze_feature_encoder,
                 gradient_checkpointing=c.audio_gradient_checkpointing)
             audio_dim = int(self.audio_encoder.hidden_size)
+            resolved_options = getattr(self.audio_encoder, "to_dict", None)
+            if callable(resolved_options):
+                # Record every option, defaults included, so a saved model does not change
+                # when an offline encoder's defaults do.
+                self.config = config = c = dataclasses.replace(c, audio_options=resolved_options())
         else:
             audio_dim = 0
         video_dim = c.video_dim if self.uses_video else 0
