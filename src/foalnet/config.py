@@ -155,7 +155,10 @@ class ExperimentConfig:
         if extra:
             payload["_run"] = extra
         text = yaml.safe_dump(payload, sort_keys=False, default_flow_style=None)
-        _atomic_write_text(Path(path), text)
+        from foalnet.data.files import write_text_atomic
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
 
     @classmethod
     def load_yaml(cls, path: str | Path) -> "ExperimentConfig":
@@ -288,12 +291,3 @@ def coerce(text: str, hint: Any, key: str = "value") -> Any:
             value = [coerce(str(v), args[0], key) for v in value]
         return value
     return yaml.safe_load(text)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from foalnet.config import ExperimentConfig
-from foalnet.train.checkpoint import write_text_atomic
+from foalnet.data.files import write_text_atomic
 from foalnet.train.cv import run_cv
 
 # row name -> (modality, use_avel, use_mem, paper UA %, paper WA %)  (SPEC §6)

@@ -18,6 +18,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from foalnet.data.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
@@ -54,17 +56,6 @@ def checkpoint_name(epoch: int, step_in_epoch: int) -> str:
 def _order(path: Path) -> tuple[int, int]:
     match = _NAME.match(path.name)
     return (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(accelerator, ckpt_root: Path, state: TrainerState, keep: int = 1) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from foalnet.config import ExperimentConfig
-from foalnet.train.checkpoint import write_text_atomic
+from foalnet.data.files import write_text_atomic
 from foalnet.train.metrics import metrics_from_confusion, plot_confusion
 from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, train_fold
 

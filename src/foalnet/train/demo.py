@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from foalnet.train.checkpoint import write_text_atomic
+from foalnet.data.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

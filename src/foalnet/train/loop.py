@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from foalnet.train.checkpoint import TrainerState, save_checkpoint, save_model_dir, write_text_atomic
+from foalnet.data.files import write_text_atomic
+from foalnet.train.checkpoint import TrainerState, save_checkpoint, save_model_dir
 from foalnet.train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)

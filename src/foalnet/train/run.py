@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from foalnet.config import ExperimentConfig
+from foalnet.data.files import write_text_atomic
 from foalnet.train.checkpoint import (
     TrainerState,
     find_latest,
     load_checkpoint,
     recover_model_dir,
-    write_text_atomic,
 )
 from foalnet.train.data import BalancedSampler, Collator, EmotionDataset, steps_per_epoch
 from foalnet.train.loop import Engine, Hooks, build_scheduler
