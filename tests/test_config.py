@@ -34,6 +34,23 @@ def test_yaml_round_trip(tmp_path):
     assert back.model.labels == ["a", "b", "c"] and back.data.fold == 3
 
 
+def test_saves_go_through_the_one_shared_atomic_writer(tmp_path, monkeypatch):
+    """config.py and train/checkpoint.py keep no private copy of the atomic writer."""
+    import foalnet.config
+    import foalnet.data.files as files
+    import foalnet.train.checkpoint as checkpoint
+
+    written = []
+    real = files.write_text_atomic
+    monkeypatch.setattr(files, "write_text_atomic", lambda p, t: (written.append(p), real(p, t)))
+    target = tmp_path / "new" / "run" / "config.yaml"  # parent folders are created
+    preset("tiny").save_yaml(target)
+    assert written == [target] and ExperimentConfig.load_yaml(target).to_dict() == preset("tiny").to_dict()
+    assert [x.name for x in target.parent.iterdir()] == ["config.yaml"]  # no temp file left
+    assert checkpoint.write_text_atomic is real
+    assert not [n for n in vars(foalnet.config) if "atomic" in n and n != "write_text_atomic"]
+
+
 def test_override_coerces_to_field_types():
     cfg = preset("tiny").override([
         "train.lr=0.0003", "train.epochs=5", "train.balanced_sampling=false", "data.fold=2",

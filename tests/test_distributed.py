@@ -1,8 +1,11 @@
 """Data parallel on CPU: ``accelerate launch --multi_gpu --num_processes 2`` -> 2 gloo processes.
 
-(accelerate 1.x: ``--cpu --num_processes 2`` needs an MPI hostfile and otherwise starts ONE
-process; ``--multi_gpu`` uses torchrun, and on a machine without GPUs ``Accelerator`` then runs
-MULTI_CPU over gloo. ``torchrun --nproc_per_node 2 -m foalnet train ...`` is equivalent.)
+accelerate 1.15 (commands/launch.py ``launch_command``): ``--cpu`` always goes to the simple
+launcher, which starts N processes only through mpirun (``--mpirun_hostfile``) and otherwise ONE
+process (N is not passed on, so foalnet cannot re-spawn; it warns instead, see the last test);
+``--multi_gpu --cpu`` is refused ("only one of --cpu, --multi_gpu ..."). ``--multi_gpu`` without
+``--cpu`` uses torchrun, and on a machine without GPUs ``Accelerator`` then runs MULTI_CPU over
+gloo. ``torchrun --nproc_per_node 2 -m foalnet train ...`` is equivalent.
 
 One launch checks both: (1) the AVEL loss with the "j" side gathered from both processes, averaged
 over processes, equals the single-process AVEL on the same global batch; (2) ``foalnet train``
@@ -42,7 +45,8 @@ WORKER = textwrap.dedent(
         local = model(**part).losses["avel"]
     gathered = acc.gather(local.reshape(1))
     if acc.is_main_process:
-        json.dump({"avel": gathered.mean().item(), "world": n}, open(out_dir + "/avel.json", "w"))
+        json.dump({"avel": gathered.mean().item(), "world": n, "type": str(acc.distributed_type),
+                   "backend": acc.state.backend}, open(out_dir + "/avel.json", "w"))
     acc.wait_for_everyone()
     from foalnet.cli import main
     sys.exit(main(["train", data_dir, "--fold", "1", "--out", out_dir + "/run", "--preset", "tiny",
@@ -94,7 +98,7 @@ def test_accelerate_launch_two_cpu_processes(data_dir, tmp_path):
 
     # (1) gathered AVEL == single-process AVEL on the same global batch
     result = json.loads((tmp_path / "avel.json").read_text())
-    assert result["world"] == 2
+    assert result["world"] == 2 and result["backend"] == "gloo" and "MULTI_CPU" in result["type"]
     with torch.no_grad():
         single = tiny_model()(**global_batch()).losses["avel"].item()
     assert result["avel"] == pytest.approx(single, rel=1e-5, abs=1e-6)
@@ -108,3 +112,16 @@ def test_accelerate_launch_two_cpu_processes(data_dir, tmp_path):
     steps = int((run / "metrics.csv").read_text().splitlines()[1].split(",")[1])
     assert steps == math.ceil(math.ceil(n_train / 4) / 2)
     assert (run / "best" / "model.safetensors").is_file()
+
+
+def test_single_process_cpu_launch_is_detected():
+    """``accelerate launch --cpu --num_processes 2`` env (one process) -> warning naming the fix."""
+    from foalnet.train.run import single_process_cpu_launch
+
+    simple = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    message = single_process_cpu_launch(simple)
+    assert message and "--multi_gpu --num_processes N" in message and "torchrun" in message
+    assert single_process_cpu_launch({**simple, "WORLD_SIZE": "2"}) is None  # torchrun / --multi_gpu
+    assert single_process_cpu_launch({**simple, "OMPI_COMM_WORLD_SIZE": "2"}) is None  # mpirun
+    assert single_process_cpu_launch({"ACCELERATE_USE_CPU": "True"}) is None  # --num_processes 1
+    assert single_process_cpu_launch({}) is None  # plain `foalnet train`

@@ -65,6 +65,34 @@ def test_length_grouping_keeps_the_same_draws():
         assert lens == sorted(lens, reverse=True)
 
 
+@pytest.mark.parametrize("n_items", [102, 99])  # 102 % 4 == 2 and 99 % 4 == 3: one short batch
+def test_every_loader_batch_of_a_length_grouped_epoch_is_one_group(n_items):
+    """The DataLoader cuts the index stream every batch_size: each cut must be one sorted group."""
+    from torch.utils.data import DataLoader
+
+    targets = [0, 1, 2] * (n_items // 3)
+    lengths = np.random.default_rng(1).permutation(n_items).astype(float).tolist()  # all distinct
+    sampler = BalancedSampler(targets, seed=3, lengths=lengths, batch_size=4, group_batches=100)
+    loader = DataLoader(list(range(n_items)), batch_size=4, sampler=sampler)
+    for epoch in range(6):  # with the short batch shuffled into the middle, ~every epoch fails
+        sampler.set_epoch(epoch)
+        ranked = sorted(sampler.indices(), key=lambda i: -lengths[i])  # the epoch's one window
+        groups = {tuple(sorted(lengths[i] for i in ranked[k:k + 4])) for k in range(0, n_items, 4)}
+        batches = [b.tolist() for b in loader]
+        assert [len(b) for b in batches] == [4] * (n_items // 4) + [n_items % 4]  # short one last
+        for batch in batches:
+            assert tuple(sorted(lengths[i] for i in batch)) in groups
+
+
+def test_av_training_without_visual_features_is_a_usage_error(prepared_dir, tmp_path, caplog):
+    run = tmp_path / "run"
+    assert main(["train", str(prepared_dir), "--fold", "1", "--out", str(run), "--preset", "tiny"]) == 2
+    message = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert str(Path(prepared_dir).resolve()) in message
+    assert "foalnet extract-visual" in message and "--modality audio" in message
+    assert not run.exists()  # refused before anything was written
+
+
 def test_collate_pads_to_longest_and_masks():
     items = [Item(0, "a", 1, np.ones(5, np.float32), np.ones((2, 3), np.float32)),
              Item(1, "b", 0, np.ones(3, np.float32), np.ones((4, 3), np.float32)),
@@ -141,7 +169,7 @@ def test_select_on_test_is_labelled_everywhere(data_dir, tmp_path):
     assert summary["modality"] == "audio" and not summary["use_avel"]
 
 
-def test_corrupt_feature_and_audio_are_skipped_reported_and_counted(data_dir, tmp_path):
+def test_corrupt_feature_and_audio_are_skipped_reported_and_counted(data_dir, tmp_path, capsys):
     from foalnet.data.manifest import read_manifest
     from foalnet.features.store import VisualFeatureStore
 
@@ -158,14 +186,27 @@ def test_corrupt_feature_and_audio_are_skipped_reported_and_counted(data_dir, tm
     (data / "manifest.jsonl").write_text("\n".join(lines) + "\n")
 
     run = tmp_path / "run"
+    # project rule: anything rejected -> exit 1, but the run completes and writes its outputs
     assert main(["train", str(data), "--fold", "3", "--out", str(run), *FAST,
-                 "--set", "train.epochs=1"]) == 0
+                 "--set", "train.epochs=1"]) == 1
+    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "2 item(s) were rejected" in closing and "exit status 1" in closing
     summary = json.loads((run / "summary.json").read_text())
     rejected = [json.loads(x) for x in (run / "rejected.jsonl").read_text().splitlines()]
     assert {r["id"] for r in rejected} == {bad_feat["id"], bad_wav["id"]}
     assert all(r["reason"] for r in rejected)
     assert summary["skipped_items"] == 2
     assert summary["test"]["n"] == len(test_items) - 2  # the rest was evaluated
+
+    # cv over that (already complete, so not re-run) fold: exit 1 too, rejections gathered
+    cv = tmp_path / "cv"
+    shutil.copytree(run, cv / "fold3")
+    assert main(["cv", str(data), "--out", str(cv), *FAST, "--folds", "3"]) == 1
+    assert "exit status 1" in capsys.readouterr().out.strip().splitlines()[-1]
+    gathered = [json.loads(x) for x in (cv / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in gathered) == sorted(r["id"] for r in rejected)
+    assert {r["fold"] for r in gathered} == {3}
+    assert json.loads((cv / "summary.json").read_text())["skipped_items"] == 2
 
 
 class _NanHooks:

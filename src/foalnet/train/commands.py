@@ -3,12 +3,14 @@
 Each command builds an ``ExperimentConfig`` the same way: preset (or ``--config FILE.yaml``) ->
 DATA_DIR / fold / modality / select-on-test from the flags -> ``--set section.key=value``
 overrides (coerced to the field types) -> validated. Exit status: 0 ok, 1 the run failed
-(diverged, a stage reported errors), 2 usage or configuration error.
+(diverged) or completed with rejected items (unreadable audio / corrupt features, listed in
+rejected.jsonl; all outputs are still written), 2 usage or configuration error.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,6 +87,19 @@ def _guard(func):
 # ----------------------------------------------------------------------------- commands
 
 
+def _finish(what: str, out: Path, skipped: int, listed_in: str = "rejected.jsonl") -> int:
+    """The closing line and exit status: 1 when any item was rejected (project rule), else 0."""
+    main_process = os.environ.get("RANK", "0") == "0"  # one closing line under a launcher
+    if skipped:
+        if main_process:
+            print(f"{what} complete in {out}, but {skipped} item(s) were rejected and skipped "
+                  f"(reasons in {out}/{listed_in}): exit status 1")
+        return 1
+    if main_process:
+        print(f"{what} complete in {out}: no item rejected")
+    return 0
+
+
 @_guard
 def cmd_train(args: argparse.Namespace) -> int:
     from foalnet.config import ExperimentConfig
@@ -97,13 +112,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir}/{CONFIG_FILE} not found: not a run folder to resume")
         cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
-        train_fold(cfg, run_dir, resume=True)
-        return 0
+        summary = train_fold(cfg, run_dir, resume=True)
+        return _finish("training", run_dir, summary["skipped_items"])
     if not args.data_dir or args.fold is None or not args.out:
         raise ValueError("foalnet train needs DATA_DIR --fold K --out RUN_DIR (or --resume RUN_DIR)")
     cfg = build_config(args)
-    train_fold(cfg, Path(args.out), resume=bool(args.resume))
-    return 0
+    summary = train_fold(cfg, Path(args.out), resume=bool(args.resume))
+    return _finish("training", Path(args.out), summary["skipped_items"])
 
 
 @_guard
@@ -113,7 +128,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     summary = run_cv(cfg, Path(args.out), folds=_parse_folds(args.folds))
     print(Path(args.out, "report.md").read_text() if Path(args.out, "report.md").is_file() else summary)
-    return 0
+    return _finish("cross-validation", Path(args.out), summary["skipped_items"])
 
 
 @_guard
@@ -124,7 +139,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
     results = run_ablation(cfg, Path(args.out), rows=rows, folds=_parse_folds(args.folds))
     print(ablation_markdown(results))
-    return 0
+    skipped = sum(int(r.get("skipped_items", 0)) for r in results.values())
+    return _finish("ablation", Path(args.out), skipped, listed_in="<row>/rejected.jsonl")
 
 
 @_guard

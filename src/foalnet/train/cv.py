@@ -100,6 +100,18 @@ def write_cv_outputs(cv_dir: Path, summary: dict, title: str) -> None:
     plot_confusion(summary["pooled"]["confusion"], summary["labels"], cv_dir / "confusion.png",
                    f"{title}: pooled over folds {summary['folds']}")
     write_text_atomic(cv_dir / "report.md", report_markdown(summary, title))
+    write_text_atomic(cv_dir / "rejected.jsonl", collect_rejected(cv_dir, summary["folds"]))
+
+
+def collect_rejected(cv_dir: Path, folds: list[int]) -> str:
+    """Every fold's rejected.jsonl lines, each tagged with its fold (one list per output folder)."""
+    lines = []
+    for fold in folds:
+        path = cv_dir / f"fold{fold}" / "rejected.jsonl"
+        if path.is_file():
+            lines += [json.dumps({"fold": fold, **json.loads(line)})
+                      for line in path.read_text().splitlines() if line.strip()]
+    return "".join(line + "\n" for line in lines)
 
 
 def report_markdown(summary: dict, title: str) -> str:

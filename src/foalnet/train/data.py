@@ -231,15 +231,21 @@ class BalancedSampler(Sampler[int]):
         return draws.tolist()
 
     def _group_by_length(self, draws: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        window = self.batch_size * self.group_batches
+        """Sort each window by length, cut into batches, shuffle the FULL batches, short one last.
+
+        The DataLoader re-cuts this stream every ``batch_size`` indices, so a short batch in the
+        middle would shift every later cut across two length groups; at the end it stays whole.
+        """
+        window = self.batch_size * self.group_batches  # a multiple of batch_size: one short batch at most
         batches = []
         for start in range(0, len(draws), window):
             chunk = draws[start : start + window]
             order = torch.argsort(self.lengths[chunk], descending=True, stable=True)
-            chunk = chunk[order]
-            batches += list(chunk.split(self.batch_size))
-        perm = torch.randperm(len(batches), generator=gen).tolist()
-        return torch.cat([batches[i] for i in perm])
+            batches += list(chunk[order].split(self.batch_size))
+        short = [b for b in batches if len(b) < self.batch_size]
+        full = [b for b in batches if len(b) == self.batch_size]
+        perm = torch.randperm(len(full), generator=gen).tolist()
+        return torch.cat([full[i] for i in perm] + short)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())

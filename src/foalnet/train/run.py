@@ -15,11 +15,13 @@ import csv
 import io
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -67,12 +69,34 @@ def resolve_accelerator(cfg: ExperimentConfig):
     t = cfg.train
     use_gpu = torch.cuda.is_available() and not t.cpu
     precision = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if use_gpu else "no")
-    return Accelerator(
+    acc = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=t.grad_accum,
         cpu=t.cpu,
         step_scheduler_with_optimizer=False,  # our schedule counts real optimiser steps
     )
+    warning = single_process_cpu_launch(os.environ) if acc.num_processes == 1 else None
+    if warning:
+        logger.warning("%s", warning)
+    return acc
+
+
+def single_process_cpu_launch(env: Mapping[str, str]) -> str | None:
+    """Detect ``accelerate launch --cpu --num_processes N>1`` that silently started ONE process.
+
+    accelerate 1.x sends ``--cpu`` to its simple launcher, which starts N processes only through
+    mpirun (``--mpirun_hostfile``); without it one process runs, with MASTER_ADDR set (the launcher
+    sets it only for N > 1) but no WORLD_SIZE / MPI rank variables. N itself is not passed on, so
+    the run cannot re-spawn itself: say which command works instead.
+    """
+    use_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    world = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    if not use_cpu or "MASTER_ADDR" not in env or any(k in env for k in world):
+        return None
+    return ("`accelerate launch --cpu --num_processes N` started ONE process (accelerate needs "
+            "mpirun for several CPU processes); training runs single-process. For N gloo CPU "
+            "processes use `accelerate launch --multi_gpu --num_processes N -m foalnet train ...` "
+            "(on a machine without GPUs) or `torchrun --nproc_per_node N -m foalnet train ...`")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -94,12 +118,24 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
         dev_speakers = sorted({str(r.get("speaker")) for r in dev})
         protocol = (f"dev split from the training folds (held-out speakers {', '.join(dev_speakers)}); "
                     f"test fold {d.fold} untouched during selection")
-    store = None
-    if cfg.model.modality in ("av", "video"):
-        from foalnet.features.store import VisualFeatureStore
-
-        store = VisualFeatureStore.open(d.data_dir, encoder=d.visual_encoder)
+    store = open_visual_store(cfg) if cfg.model.modality in ("av", "video") else None
     return FoldData(train, dev, split.test, labels, protocol, store)
+
+
+def open_visual_store(cfg: ExperimentConfig):
+    """The DATA_DIR's visual-feature cache, or a usage error saying what to run (exit 2, no traceback)."""
+    from foalnet.features.base import FeatureError
+    from foalnet.features.store import VisualFeatureStore
+
+    data_dir = cfg.data.data_dir
+    try:
+        return VisualFeatureStore.open(data_dir, encoder=cfg.data.visual_encoder)
+    except FeatureError as err:
+        found = err.reason.split(";")[0]  # the store's own hint is replaced by the full one below
+        raise ValueError(
+            f"{data_dir}: modality {cfg.model.modality!r} needs cached visual features, but "
+            f"{err.path}: {found}. Run `foalnet extract-visual {data_dir}` first, "
+            "or train on audio only with `--modality audio`") from None
 
 
 def resolve_model_config(cfg: ExperimentConfig, fold: FoldData) -> ExperimentConfig:
