@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from foalnet.data.files import FileProblem
+
 if TYPE_CHECKING:
     import av
 
@@ -25,13 +27,8 @@ SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".snd
 SPAN_TOLERANCE = 0.05
 
 
-class AudioError(Exception):
+class AudioError(FileProblem):
     """A file that cannot be used as audio: missing, empty, truncated, unreadable, bad span."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

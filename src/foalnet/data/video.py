@@ -21,6 +21,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from foalnet.data.files import FileProblem
+
 log = logging.getLogger(__name__)
 
 # Seek instead of decoding when the next span starts this many seconds after the decoder.
@@ -32,13 +34,8 @@ SEEK_MARGIN = 1.0
 CROPS = ("left", "right", "full", "face")
 
 
-class VideoError(Exception):
+class VideoError(FileProblem):
     """A video cannot be used: missing, empty, unreadable, or a span outside it."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

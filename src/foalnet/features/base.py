@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from foalnet.data.files import FileProblem
+
 # name -> "module:Class". Any other name is a CLIP checkpoint (hub id or local folder).
 ENCODERS: dict[str, str] = {
     "tiny": "foalnet.features.tiny:TinyVisualEncoder",
@@ -21,13 +23,8 @@ ENCODERS: dict[str, str] = {
 DEFAULT_ENCODER = "foalnet.features.clip:ClipVisualEncoder"
 
 
-class FeatureError(Exception):
+class FeatureError(FileProblem):
     """A cached feature is missing, unreadable or not what the store promises."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 class VisualEncoder(ABC):

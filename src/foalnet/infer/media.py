@@ -18,15 +18,11 @@ import numpy as np
 import soxr
 
 from foalnet.data.audio import iter_mono_chunks
+from foalnet.data.files import FileProblem
 
 
-class MediaError(RuntimeError):
+class MediaError(FileProblem, RuntimeError):
     """A media file that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 
 from foalnet.infer.media import (MediaError, MediaInfo, audio_length, iter_audio_spans, probe, read_audio,
                                 window_starts)
+from foalnet.train.data import pad_sequences  # the same padding and masks as training
 
 log = logging.getLogger(__name__)
 
@@ -427,10 +428,10 @@ class Predictor:
         """One forward pass over up to batch_size rows; probabilities go back to their jobs."""
         inputs = {}
         if "audio" in self.modalities:
-            wave, mask = _pad([it.waveform for it in batch], ())
+            wave, mask = pad_sequences([it.waveform for it in batch], ())
             inputs["waveform"], inputs["waveform_mask"] = wave.to(self.device), mask.to(self.device)
         if "video" in self.modalities:
-            video, mask = _pad([it.video for it in batch], (int(self.config.video_dim),))
+            video, mask = pad_sequences([it.video for it in batch], (int(self.config.video_dim),))
             inputs["video"], inputs["video_mask"] = video.to(self.device), mask.to(self.device)
         logits = self.model(**inputs).logits.float()  # (B, C)
         probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()  # (B, C)
@@ -464,19 +465,6 @@ class Predictor:
 
     def _named(self, p: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.labels, p)}
-
-
-def _pad(arrays: list[np.ndarray | None], tail: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad variable-length arrays to [B, L, *tail] with a validity mask [B, L]."""
-    lengths = [0 if a is None else len(a) for a in arrays]
-    B, L = len(arrays), max(lengths, default=0)
-    out = torch.zeros((B, L, *tail), dtype=torch.float32)
-    mask = torch.zeros((B, L), dtype=torch.bool)
-    for i, (a, n) in enumerate(zip(arrays, lengths)):
-        if n:
-            out[i, :n] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-            mask[i, :n] = True
-    return out, mask
 
 
 def _describe(err: Exception) -> str:

@@ -137,7 +137,7 @@ class EmotionDataset(Dataset):
         return feats
 
 
-def _pad(arrays: list[np.ndarray | None], tail: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(arrays: list[np.ndarray | None], tail: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack variable-length arrays into a zero-padded tensor [B, L, *tail] and mask [B, L]."""
     lengths = [0 if a is None else len(a) for a in arrays]
     B, L = len(arrays), max(lengths, default=0)
@@ -170,10 +170,10 @@ class Collator:
             "failed": failed,
         }
         if self.use_audio:
-            wave, mask = _pad([it.waveform for it in items], ())
+            wave, mask = pad_sequences([it.waveform for it in items], ())
             batch["waveform"], batch["waveform_mask"] = wave, mask  # (B, S), (B, S)
         if self.use_video:
-            video, mask = _pad([it.video for it in items], (self.video_dim,))
+            video, mask = pad_sequences([it.video for it in items], (self.video_dim,))
             batch["video"], batch["video_mask"] = video, mask  # (B, T, D), (B, T)
         return batch
 
