@@ -21,6 +21,18 @@ SETTINGS = ["train.epochs=2", "train.batch_size=4", "train.eval_batch_size=8",
             "train.checkpoint_every=2", "train.select_metric=loss"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Bit-identical resume is a property of a fixed computation: one intra-op thread (as the
+    SIGKILL subprocess below). With 2 threads a resumed run was seen to end with the same test
+    metrics but predictions differing in the 6th decimal (multi-threaded reductions round
+    differently on freshly loaded tensors)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data_dir(prepared_dir, tmp_path_factory) -> Path:
     return make_visual_data(Path(prepared_dir), tmp_path_factory.mktemp("resume") / "data")
