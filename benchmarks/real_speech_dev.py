@@ -90,7 +90,7 @@ def front_end_features(options: dict, waves: list[np.ndarray]) -> tuple[torch.Te
     """Fixed front-end features for all clips: (N, L, F) and mask (N, L)."""
     enc = OfflineAudioEncoder(**options)
     x, m = pad_batch(waves)
-    return enc.features(x, m)
+    return enc.frontend(x, m)
 
 
 class AudioOnlyHead(nn.Module):
@@ -102,7 +102,7 @@ class AudioOnlyHead(nn.Module):
         self.classifier = nn.Linear(self.encoder.hidden_size, len(LABELS))
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h, out_mask = self.encoder.encode(feats, mask)  # (B, L', H), (B, L')
+        h, out_mask = self.encoder.encode_frontend(feats, mask)  # (B, L', H), (B, L')
         return self.classifier(masked_mean(h, out_mask).squeeze(1))  # (B, C)
 
 

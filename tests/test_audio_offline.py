@@ -103,7 +103,7 @@ def test_energy_feature_of_tone_and_silence() -> None:
     enc = OfflineAudioEncoder(use_mel=False, normalization="global")
     # a 0.5-amplitude sine has mean power 0.125 -> -9.03 dB -> scaled (dB + 50) / 20 = 2.048
     wave = torch.cat([torch.zeros(SR // 2), 0.5 * torch.sin(2 * math.pi * 440 * torch.arange(SR // 2) / SR)])
-    feats, mask = enc.features(wave[None], torch.ones(1, SR, dtype=torch.bool))
+    feats, mask = enc.frontend(wave[None], torch.ones(1, SR, dtype=torch.bool))
     energy = feats[0, :, 2]
     assert energy[5:40].max() == pytest.approx((-100.0 + 50.0) / 20.0, abs=1e-3)  # silence floor
     assert energy[60:90].mean().item() == pytest.approx((10 * math.log10(0.125) + 50) / 20, abs=0.02)
@@ -168,7 +168,7 @@ def test_feature_dropout_drops_whole_channels_in_training() -> None:
 def test_variance_channels_are_squared_deviations() -> None:
     enc = OfflineAudioEncoder(hidden_size=8, utterance_var=True)
     x = tone(150.0, 0.5)[None]
-    feats, mask = enc.features(x, torch.ones_like(x, dtype=torch.bool))
+    feats, mask = enc.frontend(x, torch.ones_like(x, dtype=torch.bool))
     nf = enc.front_end.num_features
     base, var = feats[..., :nf], feats[..., nf:]
     assert feats.shape[-1] == 2 * nf

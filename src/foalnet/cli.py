@@ -25,7 +25,7 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foalnet",
-        description="Foal-Net audio-video emotion recognition: synth, prepare, extract-visual, "
+        description="Foal-Net audio-video emotion recognition: synth, prepare, extract-visual, extract-audio, "
         "train, cv, ablate, demo, predict, import-reference.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

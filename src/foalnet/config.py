@@ -45,6 +45,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     length_grouped: bool = False  # batch similar lengths together (still class-balanced)
     group_batches: int = 50  # length-grouping window, in batches
+    cache_audio: bool = True  # run the audio encoder's fixed front end once per utterance (same function)
 
     def __post_init__(self) -> None:
         problems = []

@@ -1,11 +1,15 @@
-"""The visual feature cache: DATA_DIR/visual/<slug>/ with one float16 (T, D) array per utterance.
+"""Per-utterance feature caches: DATA_DIR/<kind>/<slug>/ with one (T, D) array per utterance.
+
+``VisualFeatureStore`` (DATA_DIR/visual/, float16 frame embeddings of a frozen image encoder) and
+``AudioFrontendStore`` (DATA_DIR/audio_frontend/, float32 output of an audio encoder's fixed front
+end) share one layout and one writer; a new kind of cache is one small subclass.
 
 Layout of one store folder:
   meta.json      encoder, dim, crop, fps, frame_rule, dtype + the encoder's settings (flat)
   index.jsonl    one line per written item {"id", "key", "file", "frames"}; appended after the
                  array is in place, so an interrupted run loses at most the item in flight;
                  the last line of an id wins
-  arrays/<key>.npy   float16 (T, D), written to a temp name and renamed (atomic)
+  arrays/<key>.npy   (T, D) in the store's dtype, written to a temp name and renamed (atomic)
   rejected.jsonl the items the last extraction run could not serve {"id", "path", "reason"}
 
 The key of an item is a hash of everything that determines its array (video path, size and
@@ -26,7 +30,7 @@ import numpy as np
 from foalnet.data.files import write_text_atomic
 from foalnet.features.base import FeatureError, encoder_slug
 
-__all__ = ["FeatureError", "VisualFeatureStore", "store_slug", "feature_key"]
+__all__ = ["AudioFrontendStore", "FeatureError", "FeatureStore", "VisualFeatureStore", "store_slug", "feature_key"]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +78,14 @@ def _read_index(path: Path) -> dict[str, dict]:
     return index
 
 
-class VisualFeatureStore:
-    """Cached per-utterance visual features of one encoder/crop/frame policy."""
+class FeatureStore:
+    """Cached per-utterance (T, D) arrays of one encoder and settings (one folder)."""
+
+    SUBDIR = "features"  # DATA_DIR/<SUBDIR>/<slug>/
+    KIND = "feature"  # word used in messages
+    DTYPE = np.float16
+    ALLOW_EMPTY = False  # may an item have T == 0 rows
+    HINT = ""  # the command that fills the store, for error messages
 
     def __init__(self, root: str | os.PathLike, meta: dict, index: dict[str, dict]):
         self.root = Path(root)
@@ -83,43 +93,43 @@ class VisualFeatureStore:
         self._index = index
 
     # ------------------------------------------------------------------ opening
-    @staticmethod
-    def available(data_dir: str | os.PathLike) -> list[str]:
-        """Slugs of the store folders under DATA_DIR/visual/ that have a meta.json."""
-        base = Path(data_dir) / VISUAL_DIR
+    @classmethod
+    def available(cls, data_dir: str | os.PathLike) -> list[str]:
+        """Slugs of the store folders under DATA_DIR/<SUBDIR>/ that have a meta.json."""
+        base = Path(data_dir) / cls.SUBDIR
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if (p / META_NAME).is_file())
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike, encoder: str | None = None) -> "VisualFeatureStore":
-        """Open DATA_DIR/visual/<slug>/ for reading.
+    def open(cls, data_dir: str | os.PathLike, encoder: str | None = None) -> "FeatureStore":
+        """Open DATA_DIR/<SUBDIR>/<slug>/ for reading.
 
         `encoder` is a folder slug (`tiny`, `tiny-face`) or an encoder name/path (slugified);
         None picks the only store there is. Raises FeatureError naming what exists.
         """
-        base = Path(data_dir) / VISUAL_DIR
+        base = Path(data_dir) / cls.SUBDIR
         found = cls.available(data_dir)
         if encoder is None:
             if not found:
-                raise FeatureError(base, "no visual feature store; run `foalnet extract-visual`")
+                raise FeatureError(base, f"no {cls.KIND} feature store; run `{cls.HINT}`")
             if len(found) > 1:
-                raise FeatureError(base, f"several visual feature stores ({', '.join(found)}); "
+                raise FeatureError(base, f"several {cls.KIND} feature stores ({', '.join(found)}); "
                                          "name the one to use")
             slug = found[0]
         else:
             slug = encoder if encoder in found else encoder_slug(encoder)
             if slug not in found:
-                raise FeatureError(base / slug, f"no visual features for encoder {encoder!r} "
+                raise FeatureError(base / slug, f"no {cls.KIND} features for encoder {encoder!r} "
                                    f"(found: {', '.join(found) or 'none'}); "
-                                   "run `foalnet extract-visual` first")
+                                   f"run `{cls.HINT}` first")
         root = base / slug
         return cls(root, cls._read_meta(root), _read_index(root / INDEX_NAME))
 
     @classmethod
-    def create(cls, data_dir: str | os.PathLike, slug: str, meta: dict) -> "VisualFeatureStore":
+    def create(cls, data_dir: str | os.PathLike, slug: str, meta: dict) -> "FeatureStore":
         """Open (or start) a store for writing; refuse a folder made with other settings."""
-        root = Path(data_dir) / VISUAL_DIR / slug
+        root = Path(data_dir) / cls.SUBDIR / slug
         if (root / META_NAME).is_file():
             old = cls._read_meta(root)
             diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta)
@@ -132,13 +142,13 @@ class VisualFeatureStore:
         write_text_atomic(root / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return cls(root, meta, _read_index(root / INDEX_NAME))
 
-    @staticmethod
-    def _read_meta(root: Path) -> dict:
+    @classmethod
+    def _read_meta(cls, root: Path) -> dict:
         path = root / META_NAME
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as err:
-            raise FeatureError(path, "missing meta.json (not a visual feature store)") from err
+            raise FeatureError(path, f"missing meta.json (not a {cls.KIND} feature store)") from err
         except (OSError, json.JSONDecodeError) as err:
             raise FeatureError(path, f"unreadable meta.json: {err}") from err
         if not isinstance(meta, dict) or "dim" not in meta:
@@ -171,7 +181,7 @@ class VisualFeatureStore:
     def path_of(self, utt_id: str) -> Path:
         entry = self._index.get(utt_id)
         if entry is None:
-            raise FeatureError(self.root / INDEX_NAME, f"no visual features for {utt_id!r}")
+            raise FeatureError(self.root / INDEX_NAME, f"no {self.KIND} features for {utt_id!r}")
         return self.root / entry["file"]
 
     def has(self, utt_id: str) -> bool:
@@ -180,7 +190,7 @@ class VisualFeatureStore:
         return entry is not None and (self.root / entry["file"]).is_file()
 
     def load(self, utt_id: str) -> np.ndarray:
-        """float16 (T, D), memory-mapped; raises FeatureError naming the file and the problem."""
+        """(T, D) in the store's dtype, memory-mapped; FeatureError names the file and the problem."""
         path = self.path_of(utt_id)
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -188,10 +198,10 @@ class VisualFeatureStore:
             raise FeatureError(path, f"missing feature file for {utt_id!r}") from err
         except (OSError, ValueError, EOFError) as err:
             raise FeatureError(path, f"unreadable feature file for {utt_id!r}: {err}") from err
-        if array.dtype != np.float16 or array.ndim != 2 or array.shape[1] != self.dim:
-            raise FeatureError(path, f"expected float16 [T, {self.dim}], found "
+        if array.dtype != self.DTYPE or array.ndim != 2 or array.shape[1] != self.dim:
+            raise FeatureError(path, f"expected {np.dtype(self.DTYPE).name} [T, {self.dim}], found "
                                      f"{array.dtype} {list(array.shape)}")
-        if array.shape[0] == 0:
+        if array.shape[0] == 0 and not self.ALLOW_EMPTY:
             raise FeatureError(path, f"no frames for {utt_id!r}")
         return array
 
@@ -199,13 +209,13 @@ class VisualFeatureStore:
     def put(self, utt_id: str, key: str, features: np.ndarray) -> Path:
         """Store (T, D) features of one item: array first (atomic), then its index line."""
         T, D = features.shape
-        if D != self.dim or T == 0:
+        if D != self.dim or (T == 0 and not self.ALLOW_EMPTY):
             raise ValueError(f"{utt_id}: features of shape {features.shape}, store dim {self.dim}")
         rel = f"{ARRAYS_DIR}/{key}.npy"
         path = self.root / rel
         if not path.is_file():
             tmp = path.with_name(f".{key}.{os.getpid()}.tmp.npy")
-            np.save(tmp, np.ascontiguousarray(features, dtype=np.float16))
+            np.save(tmp, np.ascontiguousarray(features, dtype=self.DTYPE))
             os.replace(tmp, path)
         entry = {"id": utt_id, "key": key, "file": rel, "frames": int(T)}
         with open(self.root / INDEX_NAME, "a", encoding="utf-8") as fh:
@@ -219,3 +229,23 @@ class VisualFeatureStore:
         path = self.root / REJECTED_NAME
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rejected))
         return path
+
+
+class VisualFeatureStore(FeatureStore):
+    """Frame embeddings of a frozen image encoder (``foalnet extract-visual``), float16."""
+
+    SUBDIR = VISUAL_DIR
+    KIND = "visual"
+    HINT = "foalnet extract-visual"
+
+
+class AudioFrontendStore(FeatureStore):
+    """Output of an audio encoder's fixed front end (frozen CNN, DSP features), float32 so that
+    training from it equals training from the waveform; an utterance too short for one frame
+    is stored with T = 0 (the model masks it, as it does from the waveform)."""
+
+    SUBDIR = "audio_frontend"
+    KIND = "audio front-end"
+    DTYPE = np.float32
+    ALLOW_EMPTY = True
+    HINT = "foalnet extract-audio"

@@ -7,12 +7,22 @@ Names in ``AUDIO_ENCODERS`` map to a lazy ``"module:attr"`` target (a class or a
 ``**options``), so adding an offline encoder is one new file plus one line here. Any other name is
 a transformers wav2vec2-family checkpoint (WavLM, wav2vec2, HuBERT): a hub id or a local folder.
 
+Cacheable front end (optional, both built-in kinds have it): ``frontend(waveform, mask) ->
+(features [B,T,C], feature_mask [B,T])`` is the encoder's fixed, deterministic first part (the
+frozen CNN of a wav2vec2-family model, the DSP features of the offline encoder); valid frames
+never depend on padding, so it can be computed once per utterance and cached
+(``foalnet.features.audio_cache``). ``encode_frontend(features, feature_mask)`` is the trainable
+rest, and ``encode_frontend(*frontend(w, m))`` equals ``forward(w, m)`` on valid frames.
+``frontend_fingerprint()`` returns a JSON dict that changes whenever the front end's output would
+(the cache key), or None when the front end is not fixed (e.g. an unfrozen CNN).
+
 Saved form (``audio_encoder/config.json`` of a model folder): the transformers config for
 transformers encoders (rebuilt with ``from_config``, no download), else
 ``{"registry_name", "options", "hidden_size"}``.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -115,6 +125,53 @@ class HFAudioEncoder(nn.Module):
         encoder_mask = waveform_mask | empty[:, None]
         hidden = self.model(waveform, attention_mask=encoder_mask.long()).last_hidden_state  # (B, L, H)
         return hidden, self.frame_mask(waveform_mask, hidden.shape[1])
+
+
+    # ---- cacheable front end (see the module docstring)
+    def frontend_fingerprint(self) -> dict[str, Any] | None:
+        """CNN config + a hash of its weights; None when the CNN trains, uses GroupNorm over time
+        (valid frames would depend on padding), or an adapter follows the encoder."""
+        cfg = self.model.config
+        if getattr(self.model.feature_extractor, "_requires_grad", True):
+            return None
+        if cfg.feat_extract_norm != "layer" or getattr(self.model, "adapter", None) is not None:
+            return None
+        digest = hashlib.sha1()
+        for name, tensor in sorted(self.model.feature_extractor.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        fields = ("conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm",
+                  "feat_extract_activation")
+        return {"kind": f"{cfg.model_type}-cnn", **{f: getattr(cfg, f) for f in fields},
+                "weights_sha1": digest.hexdigest()}
+
+    def frontend(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveform [B,S] (padding zeroed) -> frozen CNN features [B,T,C] and their mask [B,T]."""
+        with torch.no_grad():
+            S = waveform.shape[1]
+            if S < self.min_samples:
+                waveform = nn.functional.pad(waveform, (0, self.min_samples - S))
+            features = self.model.feature_extractor(waveform).transpose(1, 2)  # (B, T, C)
+        return features, self.frame_mask(waveform_mask, features.shape[1])
+
+    def encode_frontend(self, features: torch.Tensor, feature_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CNN features [B,T,C], mask [B,T] -> ([B,T,H], [B,T]): projection, SpecAugment, encoder.
+
+        The same steps as the model's own forward after its CNN; rows with no valid frame run as
+        all-valid zero features (nothing sees an empty attention row) and come back all-masked."""
+        feature_mask = feature_mask.bool()
+        T = features.shape[1]
+        min_frames = max(1, int(getattr(self.model.config, "mask_time_length", 1) or 1))
+        if T < min_frames:
+            features = nn.functional.pad(features, (0, 0, 0, min_frames - T))
+            feature_mask = nn.functional.pad(feature_mask, (0, min_frames - T), value=False)
+        empty = ~feature_mask.any(-1)
+        encoder_mask = feature_mask | empty[:, None]  # bool: the encoder inverts it with ~
+        projected = self.model.feature_projection(features.to(self.model.feature_projection.projection.weight.dtype))
+        hidden = projected[0] if isinstance(projected, tuple) else projected  # HuBERT returns one tensor
+        hidden = self.model._mask_hidden_states(hidden, attention_mask=encoder_mask)
+        hidden = self.model.encoder(hidden, attention_mask=encoder_mask)[0]
+        return hidden, feature_mask
 
 
 def samples_for_frames(frames: int, kernels: list[int] | tuple[int, ...], strides: list[int] | tuple[int, ...]) -> int:

@@ -80,6 +80,13 @@ from foalnet.model.losses import masked_mean as _masked_mean
 SAMPLE_RATE = 16000
 
 
+# Options read by the fixed front end (DSPFrontEnd + normalisation); the others only shape the
+# trainable part, so changing them keeps cached front-end features valid.
+FRONTEND_VERSION = 1  # bump when DSPFrontEnd's computation changes: invalidates cached features
+FRONTEND_FIELDS = ("n_mels", "use_mel", "use_prosody", "normalization", "utterance_std", "utterance_var",
+                   "f0_min", "f0_max", "voicing_threshold")
+
+
 @dataclass
 class OfflineAudioConfig:
     """Options of :class:`OfflineAudioEncoder` (all JSON-serialisable, all defaulted)."""
@@ -347,7 +354,13 @@ class OfflineAudioEncoder(nn.Module):
         """The options this encoder was built with (JSON-serialisable)."""
         return asdict(self.config)
 
-    def features(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def frontend_fingerprint(self) -> dict:
+        """The options that determine ``frontend``'s output (the audio-cache key)."""
+        options = asdict(self.config)
+        return {"kind": "offline-dsp", "version": FRONTEND_VERSION,
+                **{name: options[name] for name in FRONTEND_FIELDS}}
+
+    def frontend(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fixed front-end features (B, L, F') after normalisation, and the frame mask (B, L)."""
         with torch.no_grad():
             x, mask = self.front_end(waveform, waveform_mask)
@@ -388,9 +401,10 @@ class OfflineAudioEncoder(nn.Module):
             feats = F.dropout1d(feats.transpose(1, 2), cfg.feature_dropout, training=True).transpose(1, 2)
         return feats
 
-    def encode(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_frontend(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Trainable part: features (B, L, F'), mask (B, L) -> hidden (B, L', H), mask (B, L')."""
-        feats = self.augment(feats, mask)
+        mask = mask.bool()
+        feats = self.augment(feats.to(self.input_proj.weight.dtype), mask)
         B, L, _ = feats.shape
         extra = -L % self.config.stride
         x = F.pad(feats * mask.unsqueeze(-1), (0, 0, 0, extra)).transpose(1, 2)  # (B, F', L + extra)
@@ -406,5 +420,4 @@ class OfflineAudioEncoder(nn.Module):
         """waveform (B, S) at 16 kHz, waveform_mask (B, S) bool -> hidden (B, L, H), frame_mask (B, L)."""
         if waveform.dim() != 2 or waveform.shape != waveform_mask.shape:
             raise ValueError(f"waveform {tuple(waveform.shape)} and mask {tuple(waveform_mask.shape)} must be equal (B, S)")
-        feats, mask = self.features(waveform, waveform_mask.bool())
-        return self.encode(feats.to(self.input_proj.weight.dtype), mask)
+        return self.encode_frontend(*self.frontend(waveform, waveform_mask.bool()))

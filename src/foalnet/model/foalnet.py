@@ -338,6 +338,33 @@ class FoalNet(nn.Module):
         hidden = self.feature_dropout(hidden)
         return zero_padding(hidden, frame_mask), frame_mask
 
+    def audio_frontend_fingerprint(self) -> dict | None:
+        """What determines ``audio_frontend``'s output (the audio-cache key), or None when the
+        audio encoder has no fixed front end (then training always runs it from the waveform)."""
+        fingerprint = getattr(self.audio_encoder, "frontend_fingerprint", None) if self.uses_audio else None
+        encoder_part = fingerprint() if callable(fingerprint) else None
+        if encoder_part is None:
+            return None
+        c = self.config
+        return {"encoder": encoder_part, "normalize_audio": c.normalize_audio, "sample_rate": c.sample_rate,
+                "max_audio_seconds": c.max_audio_seconds}
+
+    def audio_frontend(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B,S], [B,S] -> the encoder's fixed front-end features [B,T,C] and mask [B,T] (no grad)."""
+        waveform_mask = waveform_mask.bool()
+        waveform = zero_padding(waveform, waveform_mask)
+        if self.config.normalize_audio:
+            waveform = normalize_waveform(waveform, waveform_mask)
+        with torch.no_grad():
+            return self.audio_encoder.frontend(waveform, waveform_mask)
+
+    def encode_audio_features(self, features: torch.Tensor, feature_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached front-end features [B,T,C], mask [B,T] -> what ``encode_audio`` returns for the
+        waveforms they were computed from."""
+        hidden, frame_mask = self.audio_encoder.encode_frontend(features, feature_mask.bool())
+        hidden = self.feature_dropout(hidden)
+        return zero_padding(hidden, frame_mask), frame_mask
+
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B,T,D], [B,T] -> video with padded frames zeroed, mask [B,T] bool."""
         B, T, D = video.shape
@@ -419,12 +446,19 @@ class FoalNet(nn.Module):
         video_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         compute_mem: bool | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_features_mask: torch.Tensor | None = None,
     ) -> FoalNetOutput:
         """waveform [B,S] float, waveform_mask [B,S] bool, video [B,T,D] float, video_mask [B,T] bool,
         labels [B] long (indices into model.labels) or None. ``compute_mem`` defaults to
-        ``self.training``. Inputs of a modality the model does not use may be None."""
+        ``self.training``. Inputs of a modality the model does not use may be None.
+        ``audio_features`` [B,T,C] / ``audio_features_mask`` [B,T]: cached ``audio_frontend``
+        output, used instead of the waveform (the same function, without recomputing it)."""
         audio = audio_mask = vid = vid_mask = None
-        if self.uses_audio:
+        if self.uses_audio and audio_features is not None:
+            _require(audio_features, "audio_features", audio_features_mask, "audio_features_mask")
+            audio, audio_mask = self.encode_audio_features(audio_features, audio_features_mask)
+        elif self.uses_audio:
             _require(waveform, "waveform", waveform_mask, "waveform_mask")
             audio, audio_mask = self.encode_audio(waveform, waveform_mask)
         if self.uses_video:

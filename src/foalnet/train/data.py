@@ -1,7 +1,9 @@
 """Training data: manifest records -> (waveform, visual features, label) -> padded batches.
 
-- ``EmotionDataset`` reads one utterance: audio with ``load_audio`` (first ``max_audio_seconds``),
-  cached visual features from ``VisualFeatureStore`` (first ``max_video_frames``). A corrupt or
+- ``EmotionDataset`` reads one utterance: audio with ``load_audio`` (first ``max_audio_seconds``)
+  or, when an ``AudioFrontendStore`` is given, the audio encoder's cached front-end output
+  (``foalnet.features.audio_cache``: the same function, less work per step); cached visual
+  features from ``VisualFeatureStore`` (first ``max_video_frames``). A corrupt or
   missing file does not stop training: the item comes back with ``error`` set, is reported by id
   and counted by the loop.
 - ``collate`` pads to the LONGEST item of the batch (not to a fixed 6 s) and builds the masks.
@@ -35,6 +37,7 @@ class Item:
     waveform: np.ndarray | None = None  # float32 [S]
     video: np.ndarray | None = None  # float32 [T, D]
     error: str | None = None
+    audio_features: np.ndarray | None = None  # float32 [T, C] cached front-end output (instead of waveform)
 
 
 def _item_errors() -> tuple[type[BaseException], ...]:
@@ -69,6 +72,8 @@ class EmotionDataset(Dataset):
         sample_rate: int = 16000,
         max_audio_seconds: float = 6.0,
         max_video_frames: int = 180,
+        audio_store=None,
+        failed: dict[str, str] | None = None,
     ) -> None:
         if use_video and store is None:
             raise ValueError("use_video=True needs a VisualFeatureStore")
@@ -78,11 +83,12 @@ class EmotionDataset(Dataset):
         if unknown:
             raise ValueError(f"manifest labels {unknown} are not in the model labels {list(labels)}")
         self.store = store
+        self.audio_store = audio_store  # AudioFrontendStore or None (then the waveform is read)
         self.use_audio, self.use_video = use_audio, use_video
         self.sample_rate = sample_rate
         self.max_samples = int(round(max_audio_seconds * sample_rate))
         self.max_frames = max_video_frames
-        self.failed: dict[str, str] = {}  # id -> reason, so a bad file is read only once
+        self.failed: dict[str, str] = dict(failed or {})  # id -> reason, so a bad file is read only once
         self._errors = _item_errors()
 
     def __len__(self) -> int:
@@ -109,22 +115,28 @@ class EmotionDataset(Dataset):
             item.error = self.failed[record["id"]]
             return item
         try:
-            if self.use_audio:
+            if self.use_audio and self.audio_store is not None:
+                item.audio_features = self._audio_features(record)
+            elif self.use_audio:
                 item.waveform = self._audio(record)
             if self.use_video:
                 item.video = self._video(record)
         except self._errors as err:
             item.error = f"{type(err).__name__}: {err}"
             self.failed[record["id"]] = item.error
-            item.waveform = item.video = None
+            item.waveform = item.video = item.audio_features = None
         return item
 
     def _audio(self, record: dict) -> np.ndarray:
-        from foalnet.data.audio import load_audio
+        from foalnet.data.audio import load_record_audio
 
-        wav = load_audio(record["wav"], sample_rate=self.sample_rate,
-                         start=record.get("audio_start"), end=record.get("audio_end"))
-        return np.ascontiguousarray(wav[: self.max_samples], dtype=np.float32)  # first 6 s (SPEC §1.1)
+        return load_record_audio(record, self.sample_rate, self.max_samples / self.sample_rate)
+
+    def _audio_features(self, record: dict) -> np.ndarray:
+        feats = np.array(self.audio_store.load(record["id"]), dtype=np.float32)  # (T, C), out of the memmap
+        if not np.isfinite(feats).all():
+            raise OSError(f"cached audio front-end features of {record['id']} contain NaN/inf")
+        return feats
 
     def _video(self, record: dict) -> np.ndarray:
         feats = self.store.load(record["id"])  # float16 [T, D]
@@ -153,9 +165,11 @@ def pad_sequences(arrays: list[np.ndarray | None], tail: tuple[int, ...]) -> tup
 class Collator:
     """Pad a list of ``Item`` to the longest in the batch; keep or drop failed items."""
 
-    def __init__(self, use_audio: bool, use_video: bool, video_dim: int, keep_failed: bool):
+    def __init__(self, use_audio: bool, use_video: bool, video_dim: int, keep_failed: bool,
+                 audio_feature_dim: int | None = None):
         self.use_audio, self.use_video = use_audio, use_video
         self.video_dim = video_dim
+        self.audio_feature_dim = audio_feature_dim  # set: items carry cached audio features
         self.keep_failed = keep_failed
 
     def __call__(self, items: list[Item]) -> dict:
@@ -169,7 +183,10 @@ class Collator:
             "valid": torch.tensor([not it.error for it in items], dtype=torch.bool),
             "failed": failed,
         }
-        if self.use_audio:
+        if self.use_audio and self.audio_feature_dim is not None:
+            feats, mask = pad_sequences([it.audio_features for it in items], (self.audio_feature_dim,))
+            batch["audio_features"], batch["audio_features_mask"] = feats, mask  # (B, T, C), (B, T)
+        elif self.use_audio:
             wave, mask = pad_sequences([it.waveform for it in items], ())
             batch["waveform"], batch["waveform_mask"] = wave, mask  # (B, S), (B, S)
         if self.use_video:

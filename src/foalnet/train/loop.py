@@ -43,7 +43,7 @@ class Hooks:
     """Model-specific parts of the loop. The default fits FoalNet's calling convention."""
 
     def model_inputs(self, batch: dict) -> dict:
-        keys = ("waveform", "waveform_mask", "video", "video_mask")
+        keys = ("waveform", "waveform_mask", "audio_features", "audio_features_mask", "video", "video_mask")
         return {k: batch[k] for k in keys if k in batch}
 
     def compute_forward(self, model, batch: dict, with_labels: bool) -> Any:

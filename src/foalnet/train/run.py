@@ -21,7 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -151,17 +151,42 @@ def resolve_model_config(cfg: ExperimentConfig, fold: FoldData) -> ExperimentCon
     return replace(cfg, model=replace(cfg.model, **updates))
 
 
-def make_loaders(cfg: ExperimentConfig, fold: FoldData, num_processes: int):
+def prepare_audio_cache(cfg: ExperimentConfig, fold: FoldData, model, acc) -> tuple[Any, dict[str, str]]:
+    """(AudioFrontendStore, {id: reason}) with every item of the fold cached, or (None, {}) when
+    ``data.cache_audio`` is off or the audio encoder has no fixed front end.
+
+    The main process computes what is missing (on the accelerator); the others then find it all
+    there. Items whose audio cannot be read come back in the dict and are reported like any other
+    failed item."""
+    from foalnet.features.audio_cache import build_audio_cache
+
+    if not (cfg.data.cache_audio and model.uses_audio) or model.audio_frontend_fingerprint() is None:
+        return None, {}
+    records = fold.train + fold.dev + fold.test
+    store = report = None
+    if acc.is_main_process:
+        store, report = build_audio_cache(cfg.data.data_dir, model, records)
+        acc.print(report.summary())
+    acc.wait_for_everyone()
+    if not acc.is_main_process:  # everything is there now: this only checks the keys
+        store, report = build_audio_cache(cfg.data.data_dir, model, records, progress=False)
+    return store, {r["id"]: f"audio: {r['path']}: {r['reason']}" for r in report.rejected}
+
+
+def make_loaders(cfg: ExperimentConfig, fold: FoldData, num_processes: int, audio_store=None,
+                 audio_failed: dict[str, str] | None = None):
     """Datasets, the class-balanced sampler and the three DataLoaders (not yet prepared)."""
     from torch.utils.data import DataLoader
 
     m, t = cfg.model, cfg.train
     use_audio, use_video = m.modality in ("av", "audio"), m.modality in ("av", "video")
+    audio_dim = audio_store.dim if audio_store is not None else None
 
     def dataset(records: list[dict]) -> EmotionDataset:
         return EmotionDataset(records, m.labels, fold.store, use_audio=use_audio, use_video=use_video,
                               sample_rate=m.sample_rate, max_audio_seconds=m.max_audio_seconds,
-                              max_video_frames=m.max_video_frames)
+                              max_video_frames=m.max_video_frames, audio_store=audio_store,
+                              failed=audio_failed)
 
     train_set, dev_set, test_set = dataset(fold.train), dataset(fold.dev), dataset(fold.test)
     lengths = train_set.durations() if cfg.data.length_grouped else None
@@ -172,9 +197,10 @@ def make_loaders(cfg: ExperimentConfig, fold: FoldData, num_processes: int):
     eval_bs = t.eval_batch_size or t.batch_size
     # own generators: creating a loader iterator must not consume the global RNG (exact resume)
     train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
-                              collate_fn=Collator(use_audio, use_video, m.video_dim, keep_failed=False),
+                              collate_fn=Collator(use_audio, use_video, m.video_dim, keep_failed=False,
+                                                  audio_feature_dim=audio_dim),
                               generator=torch.Generator().manual_seed(t.seed), **common)
-    eval_collate = Collator(use_audio, use_video, m.video_dim, keep_failed=True)
+    eval_collate = Collator(use_audio, use_video, m.video_dim, keep_failed=True, audio_feature_dim=audio_dim)
     dev_loader = (DataLoader(dev_set, batch_size=eval_bs, shuffle=False, collate_fn=eval_collate,
                              generator=torch.Generator().manual_seed(t.seed), **common)
                   if len(dev_set) else None)
@@ -216,10 +242,11 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     acc.print(f"fold {cfg.data.fold}: train {len(fold.train)}  dev {len(fold.dev)}  "
               f"test {len(fold.test)}  modality {cfg.model.modality}  | {fold.protocol}")
 
-    # accelerate's order: loaders -> model -> optimizer -> scheduler -> one prepare
-    sampler, train_loader, dev_loader, test_loader = make_loaders(cfg, fold, acc.num_processes)
     set_seed(cfg.train.seed)  # model init independent of what the data code drew
-    model = FoalNet(cfg.model)
+    model = FoalNet(cfg.model).to(acc.device)
+    audio_store, audio_failed = prepare_audio_cache(cfg, fold, model, acc)
+    sampler, train_loader, dev_loader, test_loader = make_loaders(cfg, fold, acc.num_processes,
+                                                                  audio_store, audio_failed)
     t = cfg.train
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                   betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)

@@ -1,0 +1,137 @@
+"""Audio front-end cache: run an audio encoder's fixed front end once per utterance.
+
+Why: the first part of the audio encoder never changes during training (WavLM's frozen CNN
+feature encoder, the offline encoder's DSP features), yet a plain training loop recomputes it for
+every item in every epoch of every fold. At the paper's dims it is about a third of a CPU
+training step (benchmarks/train_step.py). Its valid frames never depend on padding, so computing
+it per utterance and training from the stored output is the same function
+(tests/test_audio_cache.py checks logits and losses against training from the waveform).
+
+Store: DATA_DIR/audio_frontend/<slug>/ (``AudioFrontendStore``: float32 (T, C) per utterance).
+The slug and every item's key hash what determines the output (``FoalNet.audio_frontend_fingerprint``:
+front-end config, a hash of the frozen weights, waveform normalisation, crop length; the wav
+path, size, mtime and span), so a changed file or encoder is recomputed, never served stale.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from foalnet.features.store import AudioFrontendStore, feature_key
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    """Short stable hash of a front-end fingerprint (JSON, sorted keys)."""
+    text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def frontend_slug(fingerprint: dict) -> str:
+    """Store folder name: the front end's kind plus its hash, e.g. ``offline-dsp-1a2b3c4d5e6f``."""
+    return f"{fingerprint['encoder']['kind']}-{fingerprint_hash(fingerprint)}"
+
+
+def item_key(record: dict, frontend_hash: str) -> str:
+    """Key of one cached array; raises OSError when the wav cannot be stat'ed."""
+    wav = os.path.abspath(record["wav"])
+    st = os.stat(wav)
+    return feature_key({"wav": wav, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                        "audio_start": record.get("audio_start"), "audio_end": record.get("audio_end"),
+                        "frontend": frontend_hash})
+
+
+@dataclass
+class AudioCacheReport:
+    """What one cache run did; ``rejected`` lists every item it could not serve, with the reason."""
+
+    slug: str
+    done: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+    rejected: list[dict] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.rejected)
+
+    def summary(self) -> str:
+        speed = f", {self.audio_seconds / self.seconds:.0f} s of audio per s" if self.seconds > 0 and self.done else ""
+        return (f"audio front end {self.slug}: done {self.done}, reused {self.reused}, "
+                f"failed {self.failed} in {self.seconds:.1f} s{speed}")
+
+
+def frontend_dim(model) -> int:
+    """Channels of the front end's output (one second of silence through it)."""
+    device = next(model.parameters()).device
+    wave = torch.zeros(1, int(model.config.sample_rate), device=device)
+    features, _ = model.audio_frontend(wave, torch.ones_like(wave, dtype=torch.bool))
+    return int(features.shape[-1])
+
+
+def open_audio_store(data_dir: str | os.PathLike, model) -> AudioFrontendStore | None:
+    """The (possibly partly filled) store for this model's front end; None if it has none."""
+    fingerprint = model.audio_frontend_fingerprint()
+    if fingerprint is None:
+        return None
+    meta = {"encoder": model.config.audio_encoder, "dim": frontend_dim(model), "dtype": "float32",
+            "fingerprint": fingerprint, "format": 1}
+    return AudioFrontendStore.create(data_dir, frontend_slug(fingerprint), meta)
+
+
+def build_audio_cache(data_dir: str | os.PathLike, model, records: Iterable[dict],
+                      progress: bool = True) -> tuple[AudioFrontendStore, AudioCacheReport]:
+    """Fill the store for ``records`` (missing or changed items only) on the model's device.
+
+    Unreadable audio is reported per item (id, path, reason) in the report and in the store's
+    rejected.jsonl; the other items are still cached. Raises ValueError when the model's audio
+    encoder has no fixed front end."""
+    from tqdm.auto import tqdm
+
+    from foalnet.data.audio import AudioError, load_record_audio
+
+    started = time.perf_counter()
+    store = open_audio_store(data_dir, model)
+    if store is None:
+        raise ValueError(f"audio encoder {model.config.audio_encoder!r} has no fixed front end to cache "
+                         "(its CNN trains, or it normalises over padded time)")
+    frontend_hash = fingerprint_hash(store.meta["fingerprint"])
+    report = AudioCacheReport(store.slug)
+    device = next(model.parameters()).device
+    sample_rate, max_seconds = int(model.config.sample_rate), float(model.config.max_audio_seconds)
+    was_training = model.training
+    model.eval()
+    try:
+        for record in tqdm(list(records), unit="utt", desc=f"audio front end {store.slug}", disable=not progress):
+            path = str(record.get("wav"))
+            try:
+                key = item_key(record, frontend_hash)
+                if store.key_of(record["id"]) == key and store.has(record["id"]):
+                    report.reused += 1
+                    continue
+                wave = torch.from_numpy(load_record_audio(record, sample_rate, max_seconds)).to(device)
+            except (OSError, AudioError) as err:
+                reason = "file not found" if isinstance(err, FileNotFoundError) else str(getattr(err, "reason", err))
+                report.rejected.append({"id": record["id"], "path": path, "reason": reason})
+                log.warning("%s (%s): %s", record["id"], path, reason)
+                continue
+            features, mask = model.audio_frontend(wave[None], torch.ones(1, len(wave), dtype=torch.bool, device=device))
+            store.put(record["id"], key, features[0, mask[0]].float().cpu().numpy())
+            report.done += 1
+            report.audio_seconds += len(wave) / sample_rate
+    finally:
+        model.train(was_training)
+    store.write_rejected(report.rejected)
+    report.seconds = time.perf_counter() - started
+    return store, report
