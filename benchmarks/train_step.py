@@ -17,6 +17,11 @@ What is measured, and how
   the same amount of work; SpecAugment stays as in WavLM's config. Both implementations get the
   SAME weights (FoalNet saved with ``save_pretrained``; the reference loads the mapped tensors)
   and the SAME batches (seeded).
+* Three implementations: ``original`` (benchmarks/original_style.py, the authors' structure),
+  ``ours`` (FoalNet from the padded waveform batch) and ``cached`` (FoalNet from the audio
+  front-end cache, what ``foalnet train`` does by default: the frozen CNN's output of each item
+  is computed before the timed steps, as ``foalnet extract-audio`` does once for a whole corpus;
+  that one-off cost is measured separately, CPU s per s of audio, and costed in the epoch lines).
 * Step = ``zero_grad`` + forward with labels + ``loss.backward()`` + ``AdamW.step()``, batch 16.
   Time: median over ``--steps`` steps after ``--warmup`` warm-up steps, each step on a new batch.
 * Peak memory: every (implementation, encoder, length mix) runs in a FRESH subprocess. After the
@@ -69,6 +74,12 @@ MAX_FRAMES = 180
 VIDEO_DIM = 768
 AUDIO_DIM = 1024
 CLASS_COUNTS = (1708, 1636, 1084, 1103)  # IEMOCAP 4-class set (b): neu, hap+exc, sad, ang
+# original = benchmarks/original_style.py; ours = FoalNet from the waveform; cached = FoalNet from
+# the audio front-end cache (what `foalnet train` does by default)
+IMPLS = ("original", "ours", "cached")
+# optional extra rows (--with-checkpointing): the cache + activation checkpointing of the audio
+# encoder's transformer layers (model.audio_gradient_checkpointing): less memory, more time
+EXTRA_IMPLS = ("cached-ckpt",)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -128,6 +139,28 @@ def pad_longest(batch: Batch) -> dict:
         wav[i, : len(w)], wav_mask[i, : len(w)] = w, True
         vid[i, : len(v)], vid_mask[i, : len(v)] = v, True
     return dict(waveform=wav, waveform_mask=wav_mask, video=vid, video_mask=vid_mask, labels=batch.labels)
+
+
+def frontend_items(model, batch: Batch) -> list:
+    """The audio front end of each item alone, valid frames only: what ``foalnet extract-audio``
+    caches (float32 [T, C] per utterance)."""
+    import torch
+
+    out = []
+    for w in batch.waves:
+        feats, mask = model.audio_frontend(w[None], torch.ones(1, len(w), dtype=torch.bool))
+        out.append(feats[0, mask[0]].numpy())
+    return out
+
+
+def pad_cached(batch: Batch, features: list) -> dict:
+    """FoalNet's collation when training from the audio front-end cache (padded to the longest)."""
+    from foalnet.train.data import pad_sequences
+
+    inputs = pad_longest(batch)
+    del inputs["waveform"], inputs["waveform_mask"]
+    inputs["audio_features"], inputs["audio_features_mask"] = pad_sequences(features, (features[0].shape[-1],))
+    return inputs
 
 
 def pad_original(batch: Batch) -> dict:
@@ -190,8 +223,11 @@ def build_model(impl: str, model_dir: Path):
 
     from foalnet.model.foalnet import FoalNet
 
-    if impl == "ours":
-        return FoalNet.from_pretrained(model_dir)
+    if impl in ("ours", "cached", "cached-ckpt"):
+        model = FoalNet.from_pretrained(model_dir)
+        if impl == "cached-ckpt":
+            model.audio_encoder.gradient_checkpointing_enable()
+        return model
     ref = load_original_style()
     from safetensors.torch import load_file
     from transformers import WavLMConfig, WavLMModel
@@ -221,16 +257,19 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def train_steps(model, impl: str, batches: list[Batch]) -> list[tuple[float, float]]:
-    """Run one AdamW training step per batch; (wall seconds, CPU seconds of this process) per step."""
+def train_steps(model, impl: str, batches: list[Batch], cached: list | None = None) -> list[tuple[float, float]]:
+    """Run one AdamW training step per batch; (wall seconds, CPU seconds of this process) per step.
+    ``cached``: per batch, the items' front-end features (impl ``cached``)."""
     import torch
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
-    pad = pad_longest if impl == "ours" else pad_original
     times = []
-    for batch in batches:
-        inputs = pad(batch)
+    for i, batch in enumerate(batches):
+        if impl.startswith("cached"):
+            inputs = pad_cached(batch, cached[i])
+        else:
+            inputs = pad_longest(batch) if impl == "ours" else pad_original(batch)
         t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         out = model(**inputs)
@@ -249,10 +288,16 @@ def worker(args: argparse.Namespace) -> dict:
     model = build_model(args.impl, Path(args.model_dir))
     n = args.warmup + args.steps
     batches = [make_batch(args.batch_size, args.lengths, args.seed + i, args.seconds) for i in range(n)]
+    cached, frontend = None, {}
+    if args.impl.startswith("cached"):  # the one-off cache fill, timed on its own (not part of a step)
+        c0 = time.process_time()
+        cached = [frontend_items(model, b) for b in batches]
+        audio_s = sum(len(w) for b in batches for w in b.waves) / SAMPLE_RATE
+        frontend = {"frontend_cpu_s_per_audio_s": (time.process_time() - c0) / audio_s}
     rss_before = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
     # warm-up steps also allocate the AdamW state; the reset happens before them so it counts
     reset_ok = reset_peak_rss()
-    times = train_steps(model, args.impl, batches)
+    times = train_steps(model, args.impl, batches, cached)
     wall = [w for w, _ in times[args.warmup:]]
     cpu = [c for _, c in times[args.warmup:]]
     return {
@@ -264,7 +309,7 @@ def worker(args: argparse.Namespace) -> dict:
         "peak_rss_gib": (vm_hwm_kib() if reset_ok else 0) / 2**20,
         "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_reset": reset_ok,
-        "foalnet_py_sha1": model_source_hash(),
+        "foalnet_py_sha1": model_source_hash(), **frontend,
     }
 
 
@@ -312,84 +357,72 @@ def sampler_batches(labels: np.ndarray, secs: np.ndarray, batch_size: int, seed:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def grouped_short_batch_last(labels: np.ndarray, secs: np.ndarray, batch_size: int, seed: int,
-                             window: int = 50) -> list[np.ndarray]:
-    """Length grouping as BalancedSampler does it, but with the one short batch kept LAST.
-
-    BalancedSampler shuffles a short (< batch_size) batch into the middle of its index stream; the
-    DataLoader then cuts every later batch across two length groups. This variant shows the gain
-    once that is fixed (same class-balanced draws, same windows)."""
-    from foalnet.train.data import BalancedSampler
-
-    draws = BalancedSampler(labels.tolist(), seed=seed).indices()  # the same draws, ungrouped
-    rng = np.random.default_rng(seed)
-    batches = []
-    span = batch_size * window
-    for start in range(0, len(draws), span):
-        chunk = np.asarray(draws[start:start + span])
-        chunk = chunk[np.argsort(-secs[chunk], kind="stable")]
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    full = [b for b in batches if len(b) == batch_size]
-    short = [b for b in batches if len(b) < batch_size]
-    order = rng.permutation(len(full))
-    return [full[i] for i in order] + short
-
-
-def epoch_estimate(grid: dict[float, float], orig_step: float, n_items: int, batch_size: int, seed: int) -> dict:
-    """Cost one epoch batch by batch (see module docstring)."""
+def epoch_estimate(grids: dict[str, dict[float, float]], orig_step: float, n_items: int, batch_size: int,
+                   seed: int) -> dict:
+    """Cost one epoch batch by batch for each implementation's grid (see module docstring)."""
     rng = np.random.default_rng(seed)
     secs = np.minimum(iemocap_like_seconds(n_items, rng), MAX_SECONDS)
     labels = np.repeat(np.arange(4), np.round(np.array(CLASS_COUNTS) / sum(CLASS_COUNTS) * n_items).astype(int))
     labels = rng.permutation(np.resize(labels, n_items))
-    xs, ys = sorted(grid), [grid[k] for k in sorted(grid)]
-
-    def cost(batches: list[np.ndarray]) -> float:
-        return float(sum(np.interp(secs[b].max(), xs, ys) for b in batches))
-
     random_batches = sampler_batches(labels, secs, batch_size, seed, grouped=False)
     grouped = sampler_batches(labels, secs, batch_size, seed, grouped=True)
-    grouped_fixed = grouped_short_batch_last(labels, secs, batch_size, seed)
-    source = "foalnet.train.data.BalancedSampler(lengths=..., group_batches=50)"
-    n_batches = len(random_batches)
-    return {
-        "items": n_items, "batches": n_batches, "grouping": source, "grid_s": grid,
-        "original_s": n_batches * orig_step,
-        "ours_random_s": cost(random_batches),
-        "ours_grouped_s": cost(grouped),
-        "ours_grouped_short_last_s": cost(grouped_fixed),
-        "mean_padded_s_random": float(np.mean([secs[b].max() for b in random_batches])),
-        "mean_padded_s_grouped": float(np.mean([secs[b].max() for b in grouped])),
-        "mean_padded_s_grouped_short_last": float(np.mean([secs[b].max() for b in grouped_fixed])),
-    }
+
+    def cost(grid: dict[float, float], batches: list[np.ndarray]) -> float:
+        xs = sorted(grid)
+        return float(sum(np.interp(secs[b].max(), xs, [grid[x] for x in xs]) for b in batches))
+
+    est = {"items": n_items, "batches": len(random_batches), "audio_s": float(secs.sum()),
+           "grouping": "foalnet.train.data.BalancedSampler(lengths=..., group_batches=50)",
+           "grids_s": grids, "original_s": len(random_batches) * orig_step,
+           "mean_padded_s_random": float(np.mean([secs[b].max() for b in random_batches])),
+           "mean_padded_s_grouped": float(np.mean([secs[b].max() for b in grouped]))}
+    for impl, grid in grids.items():
+        est[f"{impl}_random_s"] = cost(grid, random_batches)
+        est[f"{impl}_grouped_s"] = cost(grid, grouped)
+    return est
 
 
 # ------------------------------------------------------------------------------ report
+IMPL_NAMES = {"original": "original (authors' structure)", "ours": "foalnet, from the waveform",
+              "cached": "foalnet, audio cache (default)", "cached-ckpt": "foalnet, audio cache + checkpointing"}
+
+
 def table(results: list[dict]) -> str:
-    """Markdown table: one row per (encoder layers, lengths), ours vs original side by side."""
-    rows = ["| encoder | inputs | original CPU s/step | ours CPU s/step | speed-up | (wall s: orig / ours) "
-            "| original peak GiB | ours peak GiB | mem ratio |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table: per (encoder layers, lengths), each implementation against the original."""
+    rows = ["| encoder | inputs | implementation | CPU s/step | speed-up | wall s/step | peak GiB | memory ratio |",
+            "|---|---|---|---|---|---|---|---|"]
     keyed = {(r["impl"], r["layers"], r["lengths"]): r for r in results if r["seconds"] is None}
     for layers, lengths in sorted({(k[1], k[2]) for k in keyed}):
-        o, u = keyed.get(("original", layers, lengths)), keyed.get(("ours", layers, lengths))
-        if not (o and u):
+        o = keyed.get(("original", layers, lengths))
+        if o is None:
             continue
-        oc, uc = o["step_cpu_s_median"], u["step_cpu_s_median"]
-        rows.append(f"| {layers}-layer | {lengths} | {oc:.1f} | {uc:.1f} | {oc / uc:.2f}x | "
-                    f"{o['step_s_median']:.1f} / {u['step_s_median']:.1f} | {o['peak_rss_gib']:.2f} | "
-                    f"{u['peak_rss_gib']:.2f} | {u['peak_rss_gib'] / o['peak_rss_gib']:.2f} |")
+        for impl in IMPLS + EXTRA_IMPLS:
+            r = keyed.get((impl, layers, lengths))
+            if r is None:
+                continue
+            rows.append(f"| {layers}-layer | {lengths} | {IMPL_NAMES[impl]} | {r['step_cpu_s_median']:.1f} | "
+                        f"{o['step_cpu_s_median'] / r['step_cpu_s_median']:.2f}x | {r['step_s_median']:.1f} | "
+                        f"{r['peak_rss_gib']:.2f} | {r['peak_rss_gib'] / o['peak_rss_gib']:.2f} |")
     return "\n".join(rows)
 
 
-def epoch_lines(est: dict) -> str:
+def epoch_lines(est: dict, fill_s_per_audio_s: float | None) -> str:
     """Human summary of the epoch estimate."""
     o = est["original_s"]
-    return (f"epoch ({est['items']} items, {est['batches']} batches, grouping: {est['grouping']}):\n"
-            f"  original {o / 60:.1f} min | ours random batches {est['ours_random_s'] / 60:.1f} min "
-            f"({o / est['ours_random_s']:.2f}x) | ours length-grouped {est['ours_grouped_s'] / 60:.1f} min "
-            f"({o / est['ours_grouped_s']:.2f}x) | grouped, short batch last {est['ours_grouped_short_last_s'] / 60:.1f} min "
-            f"({o / est['ours_grouped_short_last_s']:.2f}x)\n  mean padded length: random {est['mean_padded_s_random']:.2f} s, "
-            f"grouped {est['mean_padded_s_grouped']:.2f} s, short batch last {est['mean_padded_s_grouped_short_last']:.2f} s")
+    lines = [f"epoch ({est['items']} items, {est['batches']} batches; grouping: {est['grouping']}):",
+             f"  original {o / 60:.1f} min (every batch 6 s)"]
+    names = {"ours": "foalnet", "cached": "foalnet + audio cache"}
+    for impl in est["grids_s"]:
+        r, g = est[f"{impl}_random_s"], est[f"{impl}_grouped_s"]
+        lines.append(f"  {names[impl]}: random batches {r / 60:.1f} min ({o / r:.2f}x), "
+                     f"length-grouped {g / 60:.1f} min ({o / g:.2f}x)")
+    lines.append(f"  mean padded length: random {est['mean_padded_s_random']:.2f} s, "
+                 f"grouped {est['mean_padded_s_grouped']:.2f} s")
+    if fill_s_per_audio_s is not None:
+        fill = fill_s_per_audio_s * est["audio_s"] / est["items"] * (est["items"] * 5 / 4)
+        lines.append(f"  audio cache fill, once for all folds and epochs (5/4 x {est['items']} utterances): "
+                     f"{fill / 60:.1f} min ({fill_s_per_audio_s:.3f} CPU s per s of audio)")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -405,6 +438,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps before measuring")
     p.add_argument("--grid", type=float, nargs="+", default=None,
                    help="padded lengths (s) for the epoch estimate besides 6 s (default 1.5 3; --full: 1 2 3 4.5)")
+    p.add_argument("--with-checkpointing", action="store_true",
+                   help="also the audio cache + activation checkpointing of the audio encoder")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared; default 1)")
     p.add_argument("--seed", type=int, default=1234)
@@ -416,7 +451,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="where to build the random checkpoints (temp)")
     # worker-only options
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", choices=("ours", "original"), help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=IMPLS + EXTRA_IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--lengths", choices=("mix", "full"), default="mix", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -485,20 +520,25 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = functools.partial(build_checkpoint, Path(tmp), n_layers, args.seed)  # lazy
             print(f"{n_layers}-layer audio encoder, batch {args.batch_size}, {args.threads} thread(s):", flush=True)
             for lengths in (args.inputs_large if large else args.inputs):
-                for impl in ("original", "ours"):
+                for impl in IMPLS + (EXTRA_IMPLS if args.with_checkpointing else ()):
                     session.measure(model_dir, impl, n_layers, lengths, steps)
             if args.no_epoch or large:
                 continue
-            grid = {MAX_SECONDS: session.measure(model_dir, "ours", n_layers, "full", steps)["step_cpu_s_median"]}
-            for s in grid_seconds:
-                grid[s] = session.measure(model_dir, "ours", n_layers, "mix", steps, seconds=s)["step_cpu_s_median"]
-            orig = session.measure(model_dir, "original", n_layers, "mix", steps)
-            epochs[n_layers] = epoch_estimate(grid, orig["step_cpu_s_median"], args.epoch_items, args.batch_size, args.seed)
+            grids, fill = {}, None
+            for impl in ("ours", "cached"):
+                full = session.measure(model_dir, impl, n_layers, "full", steps)
+                grids[impl] = {MAX_SECONDS: full["step_cpu_s_median"]}
+                fill = full.get("frontend_cpu_s_per_audio_s", fill)
+                for s in grid_seconds:
+                    grids[impl][s] = session.measure(model_dir, impl, n_layers, "mix", steps, seconds=s)["step_cpu_s_median"]
+            orig = session.measure(model_dir, "original", n_layers, "full", steps)
+            epochs[n_layers] = (epoch_estimate(grids, orig["step_cpu_s_median"], args.epoch_items,
+                                               args.batch_size, args.seed), fill)
     print("\n" + table(session.results))
-    for n_layers, est in epochs.items():
-        print(f"\n{n_layers}-layer " + epoch_lines(est))
+    for n_layers, (est, fill) in epochs.items():
+        print(f"\n{n_layers}-layer " + epoch_lines(est, fill))
     payload = {"command": " ".join(["python", *sys.argv]), "results": session.results,
-               "epoch": {str(k): v for k, v in epochs.items()}}
+               "epoch": {str(k): dict(est, cache_fill_cpu_s_per_audio_s=fill) for k, (est, fill) in epochs.items()}}
     args.out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {args.out}")
     return 0

@@ -212,3 +212,31 @@ def test_extract_audio_cli_and_training_from_cache_matches_training_from_wavefor
     prob_cols = [k for k in cached[0] if k.startswith("p_")]
     diff = max(abs(float(a[k]) - float(b[k])) for a, b in zip(cached, plain) for k in prob_cols)
     assert diff < 1e-4
+
+
+def test_extract_audio_usage_errors_exit_2(private_data, tmp_path, caplog):
+    assert main(["extract-audio", str(tmp_path / "nowhere"), "--preset", "tiny", "--no-progress"]) == 2
+    assert "no manifest.jsonl" in caplog.text
+    caplog.clear()
+    unfrozen = ["--set", "model.audio_encoder=tiny-wavlm", "--set", "model.audio_options={}",
+                "--set", "model.freeze_feature_encoder=false"]
+    assert main(["extract-audio", str(private_data), "--preset", "tiny", "--no-progress", *unfrozen]) == 2
+    assert "no fixed front end" in caplog.text
+    assert not (private_data / "audio_frontend").exists()
+
+
+def test_extract_audio_reports_a_broken_wav_and_caches_the_rest(private_data, tmp_path, capsys):
+    from foalnet.data.manifest import read_manifest
+
+    records = read_manifest(private_data)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF")
+    lines = (private_data / "manifest.jsonl").read_text().splitlines()
+    lines = [ln.replace(json.dumps(records[0]["wav"]), json.dumps(str(broken))) for ln in lines]
+    (private_data / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["extract-audio", str(private_data), "--preset", "tiny", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"done {len(records) - 1}, reused 0, failed 1" in out and "rejected.jsonl" in out
+    (store_dir,) = (private_data / "audio_frontend").iterdir()
+    (rejected,) = [json.loads(x) for x in (store_dir / "rejected.jsonl").read_text().splitlines()]
+    assert rejected["id"] == records[0]["id"] and rejected["path"] == str(broken) and rejected["reason"]

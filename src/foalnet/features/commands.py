@@ -34,9 +34,14 @@ def run_extract_visual(args: argparse.Namespace) -> int:
     except (FeatureError, ManifestError, ImportError, ValueError) as err:
         log.error("%s", err)
         return 2
+    return _report(report, Path(args.data_dir) / "visual" / report.slug / "rejected.jsonl")
+
+
+def _report(report, rejected_path: Path) -> int:
+    """Print an extraction report; exit status 1 when any item failed (listed in rejected_path)."""
     print(report.summary())
     if report.failed:
-        print(f"{report.failed} failed: see {Path(args.data_dir) / 'visual' / report.slug / 'rejected.jsonl'}")
+        print(f"{report.failed} failed: see {rejected_path}")
     return 1 if report.failed else 0
 
 
@@ -85,10 +90,7 @@ def run_extract_audio(args: argparse.Namespace) -> int:
     except (FeatureError, ManifestError, ValueError, OSError) as err:
         log.error("%s", err)
         return 2
-    print(report.summary())
-    if report.failed:
-        print(f"{report.failed} failed: see {store.root / 'rejected.jsonl'}")
-    return 1 if report.failed else 0
+    return _report(report, store.root / "rejected.jsonl")
 
 
 def register_extract_audio(subparsers: argparse._SubParsersAction) -> None:

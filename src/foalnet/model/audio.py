@@ -114,7 +114,14 @@ class HFAudioEncoder(nn.Module):
         return frames[None, :] < out_lengths[:, None]
 
     def forward(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveform [B,S] float (padding zeroed), waveform_mask [B,S] bool -> ([B,L,H], [B,L])."""
+        """waveform [B,S] float (padding zeroed), waveform_mask [B,S] bool -> ([B,L,H], [B,L]).
+
+        A fixed front end (frozen LayerNorm CNN) runs per utterance on its valid samples only
+        (``frontend``), then the rest of the model on the padded features: the same output as
+        the model's own forward on the padded batch, with a fraction of the CNN's time and
+        memory. Otherwise the model's own forward runs on the padded batch."""
+        if self.frontend_is_fixed():
+            return self.encode_frontend(*self.frontend(waveform, waveform_mask))
         B, S = waveform.shape
         if S < self.min_samples:  # too short for the CNN (or SpecAugment): pad, the mask says what is valid
             pad = self.min_samples - S
@@ -126,15 +133,19 @@ class HFAudioEncoder(nn.Module):
         hidden = self.model(waveform, attention_mask=encoder_mask.long()).last_hidden_state  # (B, L, H)
         return hidden, self.frame_mask(waveform_mask, hidden.shape[1])
 
-
     # ---- cacheable front end (see the module docstring)
-    def frontend_fingerprint(self) -> dict[str, Any] | None:
-        """CNN config + a hash of its weights; None when the CNN trains, uses GroupNorm over time
-        (valid frames would depend on padding), or an adapter follows the encoder."""
+    def frontend_is_fixed(self) -> bool:
+        """A frozen CNN with per-frame LayerNorm and no adapter: its valid frames are a fixed
+        function of the valid samples. Not so when the CNN trains, or normalises over time
+        (GroupNorm: valid frames would depend on the padding)."""
         cfg = self.model.config
-        if getattr(self.model.feature_extractor, "_requires_grad", True):
-            return None
-        if cfg.feat_extract_norm != "layer" or getattr(self.model, "adapter", None) is not None:
+        return (not getattr(self.model.feature_extractor, "_requires_grad", True)
+                and cfg.feat_extract_norm == "layer" and getattr(self.model, "adapter", None) is None)
+
+    def frontend_fingerprint(self) -> dict[str, Any] | None:
+        """CNN config + a hash of its weights; None unless ``frontend_is_fixed``."""
+        cfg = self.model.config
+        if not self.frontend_is_fixed():
             return None
         digest = hashlib.sha1()
         for name, tensor in sorted(self.model.feature_extractor.state_dict().items()):
@@ -146,13 +157,23 @@ class HFAudioEncoder(nn.Module):
                 "weights_sha1": digest.hexdigest()}
 
     def frontend(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveform [B,S] (padding zeroed) -> frozen CNN features [B,T,C] and their mask [B,T]."""
+        """waveform [B,S] (valid samples first) -> frozen CNN features [B,T,C] and mask [B,T].
+
+        T is what the padded batch would give; each utterance runs alone on its valid samples,
+        which yields exactly the padded batch's valid frames (no conv window of a valid frame
+        reaches into padding, LayerNorm is per frame) without computing the padding."""
+        if not self.frontend_is_fixed():
+            raise ValueError("the CNN front end is not fixed (it trains, or normalises over time)")
+        B, S = waveform.shape
+        num_frames = int(self.model._get_feat_extract_output_lengths(torch.tensor(max(S, self.min_samples))))
+        lengths = waveform_mask.sum(-1).tolist()
+        features = waveform.new_zeros(B, num_frames, int(self.model.config.conv_dim[-1]))
         with torch.no_grad():
-            S = waveform.shape[1]
-            if S < self.min_samples:
-                waveform = nn.functional.pad(waveform, (0, self.min_samples - S))
-            features = self.model.feature_extractor(waveform).transpose(1, 2)  # (B, T, C)
-        return features, self.frame_mask(waveform_mask, features.shape[1])
+            for row, length in enumerate(lengths):
+                if int(self.model._get_feat_extract_output_lengths(torch.tensor(length))) > 0:
+                    item = self.model.feature_extractor(waveform[row : row + 1, :length])  # (1, C, t)
+                    features[row, : item.shape[2]] = item[0].transpose(0, 1)
+        return features, self.frame_mask(waveform_mask, num_frames)
 
     def encode_frontend(self, features: torch.Tensor, feature_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CNN features [B,T,C], mask [B,T] -> ([B,T,H], [B,T]): projection, SpecAugment, encoder.
