@@ -144,13 +144,9 @@ def pad_longest(batch: Batch) -> dict:
 def frontend_items(model, batch: Batch) -> list:
     """The audio front end of each item alone, valid frames only: what ``foalnet extract-audio``
     caches (float32 [T, C] per utterance)."""
-    import torch
+    from foalnet.features.audio_cache import utterance_frontend
 
-    out = []
-    for w in batch.waves:
-        feats, mask = model.audio_frontend(w[None], torch.ones(1, len(w), dtype=torch.bool))
-        out.append(feats[0, mask[0]].numpy())
-    return out
+    return [utterance_frontend(model, w) for w in batch.waves]
 
 
 def pad_cached(batch: Batch, features: list) -> dict:

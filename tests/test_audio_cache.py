@@ -50,10 +50,9 @@ def _inputs(model: FoalNet, seed: int = 0):
 
 def _cached(model: FoalNet, waves: list[torch.Tensor]):
     """What the cache holds: each utterance's front end alone, valid frames only, padded by collate."""
-    arrays = []
-    for w in waves:
-        feats, mask = model.audio_frontend(w[None], torch.ones(1, len(w), dtype=torch.bool))
-        arrays.append(feats[0, mask[0]].numpy())
+    from foalnet.features.audio_cache import utterance_frontend
+
+    arrays = [utterance_frontend(model, w) for w in waves]
     return pad_sequences(arrays, (arrays[0].shape[-1],))
 
 

@@ -72,12 +72,16 @@ class AudioCacheReport:
                 f"failed {self.failed} in {self.seconds:.1f} s{speed}")
 
 
+def utterance_frontend(model, wave: torch.Tensor) -> np.ndarray:
+    """One utterance's front-end output, valid frames only: float32 [T, C] (what the cache holds)."""
+    features, mask = model.audio_frontend(wave[None], torch.ones(1, len(wave), dtype=torch.bool, device=wave.device))
+    return features[0, mask[0]].float().cpu().numpy()
+
+
 def frontend_dim(model) -> int:
     """Channels of the front end's output (one second of silence through it)."""
-    device = next(model.parameters()).device
-    wave = torch.zeros(1, int(model.config.sample_rate), device=device)
-    features, _ = model.audio_frontend(wave, torch.ones_like(wave, dtype=torch.bool))
-    return int(features.shape[-1])
+    silence = torch.zeros(int(model.config.sample_rate), device=next(model.parameters()).device)
+    return int(utterance_frontend(model, silence).shape[1])
 
 
 def open_audio_store(data_dir: str | os.PathLike, model) -> AudioFrontendStore | None:
@@ -126,8 +130,7 @@ def build_audio_cache(data_dir: str | os.PathLike, model, records: Iterable[dict
                 report.rejected.append({"id": record["id"], "path": path, "reason": reason})
                 log.warning("%s (%s): %s", record["id"], path, reason)
                 continue
-            features, mask = model.audio_frontend(wave[None], torch.ones(1, len(wave), dtype=torch.bool, device=device))
-            store.put(record["id"], key, features[0, mask[0]].float().cpu().numpy())
+            store.put(record["id"], key, utterance_frontend(model, wave))
             report.done += 1
             report.audio_seconds += len(wave) / sample_rate
     finally:

@@ -90,8 +90,8 @@ class HFAudioEncoder(nn.Module):
         self.model = model
         self.hidden_size = int(model.config.hidden_size)
         # SpecAugment (training) needs at least mask_time_length frames in the padded batch
-        min_frames = max(1, int(getattr(model.config, "mask_time_length", 1) or 1))
-        self.min_samples = samples_for_frames(min_frames, model.config.conv_kernel, model.config.conv_stride)
+        self.min_frames = max(1, int(getattr(model.config, "mask_time_length", 1) or 1))
+        self.min_samples = samples_for_frames(self.min_frames, model.config.conv_kernel, model.config.conv_stride)
 
     def freeze_feature_encoder(self) -> None:
         """Freeze the CNN feature encoder. With frozen weights and an input that needs no grad,
@@ -166,14 +166,14 @@ class HFAudioEncoder(nn.Module):
             raise ValueError("the CNN front end is not fixed (it trains, or normalises over time)")
         B, S = waveform.shape
         num_frames = int(self.model._get_feat_extract_output_lengths(torch.tensor(max(S, self.min_samples))))
-        lengths = waveform_mask.sum(-1).tolist()
+        frame_mask = self.frame_mask(waveform_mask, num_frames)  # (B, T)
         features = waveform.new_zeros(B, num_frames, int(self.model.config.conv_dim[-1]))
         with torch.no_grad():
-            for row, length in enumerate(lengths):
-                if int(self.model._get_feat_extract_output_lengths(torch.tensor(length))) > 0:
-                    item = self.model.feature_extractor(waveform[row : row + 1, :length])  # (1, C, t)
-                    features[row, : item.shape[2]] = item[0].transpose(0, 1)
-        return features, self.frame_mask(waveform_mask, num_frames)
+            for row, (samples, frames) in enumerate(zip(waveform_mask.sum(-1).tolist(), frame_mask.sum(-1).tolist())):
+                if frames > 0:
+                    item = self.model.feature_extractor(waveform[row : row + 1, :samples])  # (1, C, frames)
+                    features[row, :frames] = item[0].transpose(0, 1)
+        return features, frame_mask
 
     def encode_frontend(self, features: torch.Tensor, feature_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CNN features [B,T,C], mask [B,T] -> ([B,T,H], [B,T]): projection, SpecAugment, encoder.
@@ -182,10 +182,9 @@ class HFAudioEncoder(nn.Module):
         all-valid zero features (nothing sees an empty attention row) and come back all-masked."""
         feature_mask = feature_mask.bool()
         T = features.shape[1]
-        min_frames = max(1, int(getattr(self.model.config, "mask_time_length", 1) or 1))
-        if T < min_frames:
-            features = nn.functional.pad(features, (0, 0, 0, min_frames - T))
-            feature_mask = nn.functional.pad(feature_mask, (0, min_frames - T), value=False)
+        if T < self.min_frames:  # SpecAugment needs mask_time_length frames in the batch
+            features = nn.functional.pad(features, (0, 0, 0, self.min_frames - T))
+            feature_mask = nn.functional.pad(feature_mask, (0, self.min_frames - T), value=False)
         empty = ~feature_mask.any(-1)
         encoder_mask = feature_mask | empty[:, None]  # bool: the encoder inverts it with ~
         projected = self.model.feature_projection(features.to(self.model.feature_projection.projection.weight.dtype))

@@ -328,15 +328,21 @@ class FoalNet(nn.Module):
         return list(self.config.labels)
 
     # ---- encoders
-    def encode_audio(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B,S], [B,S] -> hidden [B,La,Ha] with padded frames zeroed, frame mask [B,La]."""
+    def _model_waveform(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padding zeroed (SPEC §1.3), then the optional amplitude normalisation (§1.1)."""
         waveform_mask = waveform_mask.bool()
         waveform = zero_padding(waveform, waveform_mask)
         if self.config.normalize_audio:
             waveform = normalize_waveform(waveform, waveform_mask)
-        hidden, frame_mask = self.audio_encoder(waveform, waveform_mask)  # (B, La, Ha), (B, La)
+        return waveform, waveform_mask
+
+    def _finish_audio(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.feature_dropout(hidden)
         return zero_padding(hidden, frame_mask), frame_mask
+
+    def encode_audio(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B,S], [B,S] -> hidden [B,La,Ha] with padded frames zeroed, frame mask [B,La]."""
+        return self._finish_audio(*self.audio_encoder(*self._model_waveform(waveform, waveform_mask)))
 
     def audio_frontend_fingerprint(self) -> dict | None:
         """What determines ``audio_frontend``'s output (the audio-cache key), or None when the
@@ -351,19 +357,13 @@ class FoalNet(nn.Module):
 
     def audio_frontend(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B,S], [B,S] -> the encoder's fixed front-end features [B,T,C] and mask [B,T] (no grad)."""
-        waveform_mask = waveform_mask.bool()
-        waveform = zero_padding(waveform, waveform_mask)
-        if self.config.normalize_audio:
-            waveform = normalize_waveform(waveform, waveform_mask)
         with torch.no_grad():
-            return self.audio_encoder.frontend(waveform, waveform_mask)
+            return self.audio_encoder.frontend(*self._model_waveform(waveform, waveform_mask))
 
     def encode_audio_features(self, features: torch.Tensor, feature_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached front-end features [B,T,C], mask [B,T] -> what ``encode_audio`` returns for the
         waveforms they were computed from."""
-        hidden, frame_mask = self.audio_encoder.encode_frontend(features, feature_mask.bool())
-        hidden = self.feature_dropout(hidden)
-        return zero_padding(hidden, frame_mask), frame_mask
+        return self._finish_audio(*self.audio_encoder.encode_frontend(features, feature_mask.bool()))
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B,T,D], [B,T] -> video with padded frames zeroed, mask [B,T] bool."""
