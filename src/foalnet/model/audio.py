@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from foalnet.data.files import write_text_atomic
+from foalnet.model.wavlm_packed import packed_encoder_forward, supports_packed
 
 # name -> "module:attr"; attr is a class or a builder taking **options and returning an encoder.
 AUDIO_ENCODERS: dict[str, str] = {
@@ -92,6 +93,12 @@ class HFAudioEncoder(nn.Module):
         # SpecAugment (training) needs at least mask_time_length frames in the padded batch
         self.min_frames = max(1, int(getattr(model.config, "mask_time_length", 1) or 1))
         self.min_samples = samples_for_frames(self.min_frames, model.config.conv_kernel, model.config.conv_stride)
+        self.packed = supports_packed(model)  # WavLM: transformer layers on valid frames only
+
+    def use_packed_encoder(self, enabled: bool) -> None:
+        """Run WavLM's transformer layers on valid frames only (``wavlm_packed``; same function).
+        Other model types always use their own encoder."""
+        self.packed = bool(enabled) and supports_packed(self.model)
 
     def freeze_feature_encoder(self) -> None:
         """Freeze the CNN feature encoder. With frozen weights and an input that needs no grad,
@@ -190,7 +197,10 @@ class HFAudioEncoder(nn.Module):
         projected = self.model.feature_projection(features.to(self.model.feature_projection.projection.weight.dtype))
         hidden = projected[0] if isinstance(projected, tuple) else projected  # HuBERT returns one tensor
         hidden = self.model._mask_hidden_states(hidden, attention_mask=encoder_mask)
-        hidden = self.model.encoder(hidden, attention_mask=encoder_mask)[0]
+        if self.packed:
+            hidden = packed_encoder_forward(self.model.encoder, hidden, encoder_mask)
+        else:
+            hidden = self.model.encoder(hidden, attention_mask=encoder_mask)[0]
         return hidden, feature_mask
 
 

@@ -58,6 +58,7 @@ class FoalNetConfig:
     audio_options: dict[str, Any] = field(default_factory=dict)  # registry options / HF config overrides
     freeze_feature_encoder: bool = True  # CNN feature encoder frozen (SPEC §1.1)
     audio_gradient_checkpointing: bool = False  # activation checkpointing inside a transformers encoder
+    audio_packed_encoder: bool = True  # WavLM layers on valid frames only, FFT positional conv (same function)
     sample_rate: int = 16000  # Hz expected by the audio encoder
     max_audio_seconds: float = 6.0  # the data crops waveforms to this (96,000 samples at 16 kHz)
     normalize_audio: bool = False  # zero-mean unit-variance per utterance (off in the original)
@@ -205,8 +206,8 @@ class CrossAttentionLayer(nn.Module):
             q, query = q.repeat(query_repeat, 1, 1), query.repeat(query_repeat, 1, 1)  # (R*B, Lq, D)
             B = B * query_repeat
         k, v = self.k_proj(context), self.v_proj(context)  # (N, Lk, D)
-        if context_index is not None:
-            k, v, context_mask = k[context_index], v[context_index], context_mask[context_index]  # (B, Lk, .)
+        if context_index is not None:  # index_select: a plain gather (advanced indexing is slower on CPU)
+            k, v, context_mask = (t.index_select(0, context_index) for t in (k, v, context_mask))  # (B, Lk, .)
         Lk = k.shape[1]
         q = q.view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
         k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
@@ -214,7 +215,8 @@ class CrossAttentionLayer(nn.Module):
         has_key = context_mask.any(dim=1)  # (B,)
         keys = (context_mask | ~has_key[:, None])[:, None, None, :]  # (B, 1, 1, Lk), no all-False row
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, H, Lq, D/H)
-        out = out * has_key[:, None, None, None].to(out.dtype)
+        if not bool(has_key.all()):  # rare (a video with no frame): skip a full pass otherwise
+            out = out.masked_fill(~has_key[:, None, None, None], 0.0)
         out = out.transpose(1, 2).reshape(B, Lq, D)  # (B, Lq, D)
         return self.norm(self.dropout(self.out_proj(out)) + query)
 
@@ -289,6 +291,8 @@ class FoalNet(nn.Module):
             self.audio_encoder = audio_encoder if audio_encoder is not None else build_audio_encoder(
                 c.audio_encoder, c.audio_options, freeze_feature_encoder=c.freeze_feature_encoder,
                 gradient_checkpointing=c.audio_gradient_checkpointing)
+            if hasattr(self.audio_encoder, "use_packed_encoder"):
+                self.audio_encoder.use_packed_encoder(c.audio_packed_encoder)
             audio_dim = int(self.audio_encoder.hidden_size)
             resolved_options = getattr(self.audio_encoder, "to_dict", None)
             if callable(resolved_options):
