@@ -17,11 +17,16 @@ What is measured, and how
   the same amount of work; SpecAugment stays as in WavLM's config. Both implementations get the
   SAME weights (FoalNet saved with ``save_pretrained``; the reference loads the mapped tensors)
   and the SAME batches (seeded).
-* Three implementations: ``original`` (benchmarks/original_style.py, the authors' structure),
-  ``ours`` (FoalNet from the padded waveform batch) and ``cached`` (FoalNet from the audio
-  front-end cache, what ``foalnet train`` does by default: the frozen CNN's output of each item
-  is computed before the timed steps, as ``foalnet extract-audio`` does once for a whole corpus;
-  that one-off cost is measured separately, CPU s per s of audio, and costed in the epoch lines).
+* Implementations: ``original`` (benchmarks/original_style.py, the authors' structure, run as
+  their script runs: default glibc malloc), ``original-keep`` (the same code with the allocator
+  setting foalnet's training applies on CPU, ``foalnet.train.allocator.keep_freed_memory``: what
+  the original gains from the runtime alone), ``ours`` (FoalNet from the padded waveform batch)
+  and ``cached`` (FoalNet from the audio front-end cache, what ``foalnet train`` does by default:
+  the frozen CNN's output of each item is computed before the timed steps, as ``foalnet
+  extract-audio`` does once for a whole corpus; that one-off cost is measured separately, CPU s
+  per s of audio, and costed in the epoch lines). ``ours`` and ``cached`` run with the allocator
+  setting, as ``foalnet train`` does. Without it glibc maps every large block afresh and a step
+  spends 30-45 % of its CPU time faulting pages in (see that module).
 * Step = ``zero_grad`` + forward with labels + ``loss.backward()`` + ``AdamW.step()``, batch 16.
   Time: median over ``--steps`` steps after ``--warmup`` warm-up steps, each step on a new batch.
 * Peak memory: every (implementation, encoder, length mix) runs in a FRESH subprocess. After the
@@ -76,7 +81,7 @@ AUDIO_DIM = 1024
 CLASS_COUNTS = (1708, 1636, 1084, 1103)  # IEMOCAP 4-class set (b): neu, hap+exc, sad, ang
 # original = benchmarks/original_style.py; ours = FoalNet from the waveform; cached = FoalNet from
 # the audio front-end cache (what `foalnet train` does by default)
-IMPLS = ("original", "ours", "cached")
+IMPLS = ("original", "original-keep", "ours", "cached")
 # optional extra rows (--with-checkpointing): the cache + activation checkpointing of the audio
 # encoder's transformer layers (model.audio_gradient_checkpointing): less memory, more time
 EXTRA_IMPLS = ("cached-ckpt",)
@@ -239,6 +244,12 @@ def build_model(impl: str, model_dir: Path):
 
 
 # ------------------------------------------------------------------------------ worker
+def uses_foalnet_allocator(impl: str) -> bool:
+    """Every implementation but the original as its authors run it."""
+    return impl != "original"
+
+
+
 def vm_hwm_kib() -> int:
     """Peak resident set size of this process since the last reset, KiB."""
     return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
@@ -265,7 +276,7 @@ def train_steps(model, impl: str, batches: list[Batch], cached: list | None = No
         if impl.startswith("cached"):
             inputs = pad_cached(batch, cached[i])
         else:
-            inputs = pad_longest(batch) if impl == "ours" else pad_original(batch)
+            inputs = pad_longest(batch) if impl == "ours" else pad_original(batch)  # original, original-keep
         t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         out = model(**inputs)
@@ -280,6 +291,11 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    allocator = False
+    if uses_foalnet_allocator(args.impl):
+        from foalnet.train.allocator import keep_freed_memory
+
+        allocator = keep_freed_memory()
     torch.manual_seed(args.seed)
     model = build_model(args.impl, Path(args.model_dir))
     n = args.warmup + args.steps
@@ -298,7 +314,7 @@ def worker(args: argparse.Namespace) -> dict:
     cpu = [c for _, c in times[args.warmup:]]
     return {
         "impl": args.impl, "layers": args.layers[0], "lengths": args.lengths, "seconds": args.seconds,
-        "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup,
+        "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup, "keep_freed_memory": allocator,
         "step_cpu_s_median": statistics.median(cpu), "step_cpu_s_all": cpu,
         "step_s_median": statistics.median(wall), "step_s_all": wall,
         "rss_before_gib": rss_before / 2**20,
@@ -354,7 +370,7 @@ def sampler_batches(labels: np.ndarray, secs: np.ndarray, batch_size: int, seed:
 
 
 def epoch_estimate(grids: dict[str, dict[float, float]], orig_step: float, n_items: int, batch_size: int,
-                   seed: int) -> dict:
+                   seed: int, orig_keep_step: float | None = None) -> dict:
     """Cost one epoch batch by batch for each implementation's grid (see module docstring)."""
     rng = np.random.default_rng(seed)
     secs = np.minimum(iemocap_like_seconds(n_items, rng), MAX_SECONDS)
@@ -370,6 +386,7 @@ def epoch_estimate(grids: dict[str, dict[float, float]], orig_step: float, n_ite
     est = {"items": n_items, "batches": len(random_batches), "audio_s": float(secs.sum()),
            "grouping": "foalnet.train.data.BalancedSampler(lengths=..., group_batches=50)",
            "grids_s": grids, "original_s": len(random_batches) * orig_step,
+           "original_keep_s": None if orig_keep_step is None else len(random_batches) * orig_keep_step,
            "mean_padded_s_random": float(np.mean([secs[b].max() for b in random_batches])),
            "mean_padded_s_grouped": float(np.mean([secs[b].max() for b in grouped]))}
     for impl, grid in grids.items():
@@ -379,25 +396,28 @@ def epoch_estimate(grids: dict[str, dict[float, float]], orig_step: float, n_ite
 
 
 # ------------------------------------------------------------------------------ report
-IMPL_NAMES = {"original": "original (authors' structure)", "ours": "foalnet, from the waveform",
+IMPL_NAMES = {"original": "original (authors' structure)",
+              "original-keep": "original + foalnet's allocator setting", "ours": "foalnet, from the waveform",
               "cached": "foalnet, audio cache (default)", "cached-ckpt": "foalnet, audio cache + checkpointing"}
 
 
 def table(results: list[dict]) -> str:
     """Markdown table: per (encoder layers, lengths), each implementation against the original."""
-    rows = ["| encoder | inputs | implementation | CPU s/step | speed-up | wall s/step | peak GiB | memory ratio |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| encoder | inputs | implementation | CPU s/step | speed-up | vs original + allocator | wall s/step "
+            "| peak GiB | memory ratio |", "|---|---|---|---|---|---|---|---|---|"]
     keyed = {(r["impl"], r["layers"], r["lengths"]): r for r in results if r["seconds"] is None}
     for layers, lengths in sorted({(k[1], k[2]) for k in keyed}):
         o = keyed.get(("original", layers, lengths))
         if o is None:
             continue
+        ok = keyed.get(("original-keep", layers, lengths))
         for impl in IMPLS + EXTRA_IMPLS:
             r = keyed.get((impl, layers, lengths))
             if r is None:
                 continue
+            vs_keep = f"{ok['step_cpu_s_median'] / r['step_cpu_s_median']:.2f}x" if ok else "-"
             rows.append(f"| {layers}-layer | {lengths} | {IMPL_NAMES[impl]} | {r['step_cpu_s_median']:.1f} | "
-                        f"{o['step_cpu_s_median'] / r['step_cpu_s_median']:.2f}x | {r['step_s_median']:.1f} | "
+                        f"{o['step_cpu_s_median'] / r['step_cpu_s_median']:.2f}x | {vs_keep} | {r['step_s_median']:.1f} | "
                         f"{r['peak_rss_gib']:.2f} | {r['peak_rss_gib'] / o['peak_rss_gib']:.2f} |")
     return "\n".join(rows)
 
@@ -407,11 +427,14 @@ def epoch_lines(est: dict, fill_s_per_audio_s: float | None) -> str:
     o = est["original_s"]
     lines = [f"epoch ({est['items']} items, {est['batches']} batches; grouping: {est['grouping']}):",
              f"  original {o / 60:.1f} min (every batch 6 s)"]
+    if est.get("original_keep_s"):
+        lines.append(f"  original + foalnet's allocator setting {est['original_keep_s'] / 60:.1f} min")
     names = {"ours": "foalnet", "cached": "foalnet + audio cache"}
     for impl in est["grids_s"]:
         r, g = est[f"{impl}_random_s"], est[f"{impl}_grouped_s"]
+        vs_keep = f"; {est['original_keep_s'] / g:.2f}x vs original + allocator" if est.get("original_keep_s") else ""
         lines.append(f"  {names[impl]}: random batches {r / 60:.1f} min ({o / r:.2f}x), "
-                     f"length-grouped {g / 60:.1f} min ({o / g:.2f}x)")
+                     f"length-grouped {g / 60:.1f} min ({o / g:.2f}x{vs_keep})")
     lines.append(f"  mean padded length: random {est['mean_padded_s_random']:.2f} s, "
                  f"grouped {est['mean_padded_s_grouped']:.2f} s")
     if fill_s_per_audio_s is not None:
@@ -429,9 +452,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="length mixes measured for encoders of <= 4 layers")
     p.add_argument("--inputs-large", nargs="+", choices=("mix", "full"), default=["mix"],
                    help="length mixes measured for deeper encoders (slow on this CPU)")
+    p.add_argument("--impls-large", nargs="+", choices=IMPLS, default=["original", "original-keep", "cached"],
+                   help="implementations measured for deeper encoders")
     p.add_argument("--steps", type=int, default=2, help="measured steps per configuration (<= 4 layers)")
     p.add_argument("--steps-large", type=int, default=1, help="measured steps for deeper encoders")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up steps before measuring")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="warm-up steps before measuring (the allocator reaches its steady state in 2)")
     p.add_argument("--grid", type=float, nargs="+", default=None,
                    help="padded lengths (s) for the epoch estimate besides 6 s (default 1.5 3; --full: 1 2 3 4.5)")
     p.add_argument("--with-checkpointing", action="store_true",
@@ -516,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = functools.partial(build_checkpoint, Path(tmp), n_layers, args.seed)  # lazy
             print(f"{n_layers}-layer audio encoder, batch {args.batch_size}, {args.threads} thread(s):", flush=True)
             for lengths in (args.inputs_large if large else args.inputs):
-                for impl in IMPLS + (EXTRA_IMPLS if args.with_checkpointing else ()):
+                impls = tuple(args.impls_large) if large else IMPLS
+                for impl in impls + (EXTRA_IMPLS if args.with_checkpointing else ()):
                     session.measure(model_dir, impl, n_layers, lengths, steps)
             if args.no_epoch or large:
                 continue
@@ -528,8 +555,9 @@ def main(argv: list[str] | None = None) -> int:
                 for s in grid_seconds:
                     grids[impl][s] = session.measure(model_dir, impl, n_layers, "mix", steps, seconds=s)["step_cpu_s_median"]
             orig = session.measure(model_dir, "original", n_layers, "full", steps)
-            epochs[n_layers] = (epoch_estimate(grids, orig["step_cpu_s_median"], args.epoch_items,
-                                               args.batch_size, args.seed), fill)
+            orig_keep = session.measure(model_dir, "original-keep", n_layers, "full", steps)
+            epochs[n_layers] = (epoch_estimate(grids, orig["step_cpu_s_median"], args.epoch_items, args.batch_size,
+                                               args.seed, orig_keep["step_cpu_s_median"]), fill)
     print("\n" + table(session.results))
     for n_layers, (est, fill) in epochs.items():
         print(f"\n{n_layers}-layer " + epoch_lines(est, fill))

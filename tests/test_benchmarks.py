@@ -41,4 +41,16 @@ def test_table_reports_ratios_against_the_original(train_step):
 
     text = train_step.table([row("original", 30.0, 6.0), row("cached", 10.0, 3.0)])
     cached = [line for line in text.splitlines() if "audio cache (default)" in line]
-    assert cached and "| 3.00x |" in cached[0] and cached[0].endswith("| 0.50 |")
+    assert cached and "| 3.00x | - |" in cached[0] and cached[0].endswith("| 0.50 |")
+    text = train_step.table([row("original", 30.0, 6.0), row("original-keep", 20.0, 6.0), row("cached", 10.0, 3.0)])
+    cached = [line for line in text.splitlines() if "audio cache (default)" in line]
+    assert "| 3.00x | 2.00x |" in cached[0]
+
+
+def test_epoch_lines_compare_with_the_original_and_its_allocator_variant(train_step):
+    est = train_step.epoch_estimate({"cached": {0.0: 0.0, 6.0: 6.0}}, orig_step=24.0, n_items=800, batch_size=16,
+                                    seed=1, orig_keep_step=12.0)
+    assert est["original_keep_s"] == pytest.approx(est["original_s"] / 2)
+    ratio = est["original_s"] / est["cached_grouped_s"]
+    line = [x for x in train_step.epoch_lines(est, None).splitlines() if "length-grouped" in x][0]
+    assert f"({ratio:.2f}x; {ratio / 2:.2f}x vs original + allocator)" in line
