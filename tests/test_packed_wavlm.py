@@ -123,6 +123,16 @@ def test_packed_encoder_training_gradients_equal_transformers(variant):
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_packed_encoder_runs_under_bf16_autocast_like_transformers():
+    model = _wavlm(True, 128).eval()
+    hidden, mask = _hidden_and_mask(LENGTHS)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model.encoder(hidden.clone(), attention_mask=mask)[0].float()
+        packed = packed_encoder_forward(model.encoder, hidden, mask).float()
+    assert torch.isfinite(packed).all()
+    torch.testing.assert_close(packed[mask], reference[mask], rtol=0.05, atol=0.05)  # bf16: ~3 digits
+
+
 def test_packed_encoder_output_does_not_depend_on_padding():
     model = _wavlm(True, 128).eval()
     hidden, mask = _hidden_and_mask(LENGTHS, seed=2)

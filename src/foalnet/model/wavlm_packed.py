@@ -87,6 +87,7 @@ def attention(attn: nn.Module, x: torch.Tensor, packing: Packing, position_bias:
         return packing.unpack(t).view(B, T, heads, d).transpose(1, 2)
 
     q, k, v = (heads_first(proj_(x)) for proj_ in (attn.q_proj, attn.k_proj, attn.v_proj))
+    bias = bias.to(q.dtype)  # under autocast q may be half precision, the bias float32
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0 / math.sqrt(d),
                                          dropout_p=attn.dropout if attn.training else 0.0)
     out = packing.pack(out.transpose(1, 2).reshape(B, T, heads * d))
