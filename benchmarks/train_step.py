@@ -27,7 +27,9 @@ What is measured, and how
   per s of audio, and costed in the epoch lines). ``ours`` and ``cached`` run with the allocator
   setting, as ``foalnet train`` does. Without it glibc maps every large block afresh and a step
   spends 30-45 % of its CPU time faulting pages in (see that module).
-* Step = ``zero_grad`` + forward with labels + ``loss.backward()`` + ``AdamW.step()``, batch 16.
+* Step = ``zero_grad`` + forward with labels + ``loss.backward()`` + ``AdamW.step()``, batch 16
+  (the original: torch's default AdamW, as the authors' script; foalnet: the fused AdamW its
+  engine builds, ``foalnet.train.loop.build_optimizer``, the same update rule).
   Time: median over ``--steps`` steps after ``--warmup`` warm-up steps, each step on a new batch.
 * Peak memory: every (implementation, encoder, length mix) runs in a FRESH subprocess. After the
   model and optimizer are built the kernel's RSS high-water mark is reset (``echo 5 >
@@ -269,7 +271,13 @@ def train_steps(model, impl: str, batches: list[Batch], cached: list | None = No
     ``cached``: per batch, the items' front-end features (impl ``cached``)."""
     import torch
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if impl.startswith("original"):
+        optimizer = torch.optim.AdamW(params, lr=1e-4)  # as the authors' script builds it
+    else:
+        from foalnet.train.loop import build_optimizer  # what `foalnet train` builds (fused AdamW)
+
+        optimizer = build_optimizer(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     model.train()
     times = []
     for i, batch in enumerate(batches):

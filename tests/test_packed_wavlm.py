@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from foalnet.model.audio import HFAudioEncoder
 from foalnet.model.fft_conv import conv1d_fft, fft_size
 from foalnet.model.foalnet import FoalNet, FoalNetConfig
-from foalnet.model.wavlm_packed import Packing, packed_encoder_forward, supports_packed
+from foalnet.model.packing import Packing
+from foalnet.model.wavlm_packed import packed_encoder_forward, supports_packed
 
 
 # ------------------------------------------------------------------------------ FFT convolution
@@ -173,6 +174,18 @@ def test_packing_round_trip():
     assert packing.unpack(packing.pack(x)).flatten().tolist() == [0.0, 1.0, 0.0, 3.0, 0.0, 0.0]
     full = Packing(torch.ones(2, 3, dtype=torch.bool))
     assert full.index is None and torch.equal(full.unpack(full.pack(x)), x)
+
+
+def test_packing_mean_and_repeat():
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])
+    x = torch.tensor([[1.0, 3.0, 99.0], [99.0, 99.0, 99.0], [5.0, 99.0, 99.0]]).unsqueeze(-1)
+    packing = Packing(mask)
+    assert packing.mean(packing.pack(x)).flatten().tolist() == [2.0, 0.0, 5.0]  # empty row: 0
+    twice = packing.repeat(2)
+    assert torch.equal(twice.mask, mask.repeat(2, 1))
+    assert torch.equal(twice.pack(x.repeat(2, 1, 1)), packing.pack(x).repeat(2, 1))
+    full = Packing(torch.ones(2, 2, dtype=torch.bool))
+    assert full.mean(torch.tensor([[1.0], [2.0], [3.0], [5.0]])).flatten().tolist() == [1.5, 4.0]
 
 
 # ------------------------------------------------------------------------------ which models use it

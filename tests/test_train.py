@@ -290,3 +290,22 @@ def test_engine_uses_gather_for_metrics_with_placeholder_rows():
     batch = collate([Item(0, "a", 0, np.ones(3, np.float32)), Item(1, "b", 1, error="x")])
     assert batch["index"].tolist() == [0, 1] and batch["valid"].tolist() == [True, False]
     assert batch["waveform"].shape == (2, 3) and torch.equal(batch["labels"], torch.tensor([0, 1]))
+
+
+def test_build_optimizer_is_fused_adamw_with_the_default_update():
+    from foalnet.train.loop import build_optimizer
+
+    torch.manual_seed(0)
+    fused_params = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(5))]
+    plain_params = [torch.nn.Parameter(p.detach().clone()) for p in fused_params]
+    fused = build_optimizer(fused_params, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    plain = torch.optim.AdamW(plain_params, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    assert fused.defaults["fused"] is True  # torch >= 2.4 has a CPU kernel
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in fused_params]
+        for params, opt in ((fused_params, fused), (plain_params, plain)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(fused_params, plain_params):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

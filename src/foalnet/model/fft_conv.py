@@ -51,16 +51,17 @@ class _FFTConv1d(torch.autograd.Function):
         w_f = w_f.view(G, O_g, C_g, Fr).permute(0, 3, 1, 2)  # [G, Fr, O_g, C_g]
         y_f = torch.matmul(w_f.conj(), x_f)  # [G, Fr, O_g, B]
         y = torch.fft.irfft(y_f.permute(3, 0, 2, 1).reshape(B, O, Fr), n=n)[..., :L]
-        ctx.save_for_backward(x_f, w_f)
+        ctx.save_for_backward(x_f, weight)  # the weight's spectrum (groups x n/2 x O/g x C/g) is recomputed
         ctx.sizes = (B, C, T, O, C_g, K, G, O_g, n, padding)
         return y.contiguous()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x_f, w_f = ctx.saved_tensors
+        x_f, weight = ctx.saved_tensors
         B, C, T, O, C_g, K, G, O_g, n, padding = ctx.sizes
+        Fr = x_f.shape[1]
+        w_f = torch.fft.rfft(weight, n=n).view(G, O_g, C_g, Fr).permute(0, 3, 1, 2)  # [G, Fr, O_g, C_g]
         g_f = torch.fft.rfft(grad_out, n=n)  # zero beyond the output length
-        Fr = g_f.shape[-1]
         g_f = g_f.view(B, G, O_g, Fr).permute(1, 3, 2, 0)  # [G, Fr, O_g, B]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:

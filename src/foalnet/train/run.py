@@ -36,7 +36,7 @@ from foalnet.train.checkpoint import (
     recover_model_dir,
 )
 from foalnet.train.data import BalancedSampler, Collator, EmotionDataset, steps_per_epoch
-from foalnet.train.loop import Engine, Hooks, build_scheduler
+from foalnet.train.loop import Engine, Hooks, build_optimizer, build_scheduler
 from foalnet.train.metrics import plot_confusion
 
 logger = logging.getLogger(__name__)
@@ -251,8 +251,8 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     sampler, train_loader, dev_loader, test_loader = make_loaders(cfg, fold, acc.num_processes,
                                                                   audio_store, audio_failed)
     t = cfg.train
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
-                                  betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
     total = t.epochs * steps_per_epoch(len(fold.train), t.batch_size, acc.num_processes, t.grad_accum)
     scheduler = build_scheduler(optimizer, t.schedule, total, t.warmup_ratio)
     loaders = [train_loader, test_loader] + ([dev_loader] if dev_loader is not None else [])

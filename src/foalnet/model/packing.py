@@ -1,0 +1,50 @@
+"""Valid frames of a padded batch as one [N, ...] tensor, and back.
+
+Per-frame work (linear maps, layer norms, dropout, residuals) on packed frames costs what the
+valid frames cost, not what the padding costs; attention unpacks to [B, T, ...] with its mask.
+Used by the packed WavLM encoder and the fusion layers.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Packing:
+    """Index map between a padded [B, T, ...] batch and its valid frames [N, ...] (row-major)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self.batch, self.length = mask.shape
+        self.full = bool(mask.all()) and self.length > 0
+        self.index = None if self.full else mask.reshape(-1).nonzero().squeeze(1)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        flat = padded.reshape(self.batch * self.length, *padded.shape[2:])
+        return flat if self.full else flat.index_select(0, self.index)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """Valid frames back in place; padding is zero."""
+        if self.full:
+            return packed.reshape(self.batch, self.length, *packed.shape[1:])
+        flat = packed.new_zeros(self.batch * self.length, *packed.shape[1:])
+        return flat.index_copy(0, self.index, packed).reshape(self.batch, self.length, *packed.shape[1:])
+
+    def repeat(self, times: int) -> "Packing":
+        """The packing of the batch repeated ``times`` times along the batch axis (``x.repeat``):
+        its packed frames are ``pack(x).repeat(times, 1)``."""
+        if times == 1:
+            return self
+        return Packing(self.mask.repeat(times, 1))
+
+    def counts(self) -> torch.Tensor:
+        """Valid frames per row, [B]."""
+        return self.mask.sum(-1)
+
+    def mean(self, packed: torch.Tensor) -> torch.Tensor:
+        """Mean of each row's valid frames [B, D] (zeros for a row with none)."""
+        D = packed.shape[-1]
+        if self.full:
+            return packed.view(self.batch, self.length, D).mean(1)
+        rows = self.index // self.length
+        total = packed.new_zeros(self.batch, D).index_add_(0, rows, packed)
+        return total / self.counts().clamp(min=1).to(packed.dtype)[:, None]
