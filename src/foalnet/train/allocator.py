@@ -34,16 +34,35 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
-def _mallopt(option: int, value: int) -> bool:
-    if not sys.platform.startswith("linux"):
+def release_freed_memory() -> bool:
+    """Give the heap's free pages back to the kernel now (glibc ``malloc_trim``); True if any.
+
+    Called after one-off work whose scratch memory would otherwise stay resident under training
+    (e.g. filling the audio cache in the training process)."""
+    libc = _glibc()
+    if libc is None:
         return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc.malloc_trim(0) == 1
+
+
+def _glibc():
+    """The process's C library if it is glibc, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only (musl has a no-op mallopt)
+        libc.gnu_get_libc_version  # glibc only (musl has a no-op mallopt)
+        return libc
     except (OSError, AttributeError):
+        return None
+
+
+def _mallopt(option: int, value: int) -> bool:
+    libc = _glibc()
+    if libc is None:
         return False
-    del gnu_get_libc_version
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt(option, value) == 1
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc.mallopt(option, value) == 1
