@@ -42,3 +42,26 @@ def test_keep_freed_memory_is_idempotent():
     from foalnet.train.allocator import keep_freed_memory
 
     assert keep_freed_memory() == keep_freed_memory()
+
+
+def test_release_freed_memory_returns_heap_pages():
+    """Freed heap blocks stay resident until released (with keep_freed_memory: always)."""
+    code = r"""
+import json, re
+import torch
+from foalnet.train.allocator import keep_freed_memory, release_freed_memory
+def rss_mib():
+    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+if not keep_freed_memory():
+    print(json.dumps(None)); raise SystemExit
+blocks = [torch.ones(16 * 2**20 // 4) for _ in range(8)]  # 128 MiB from the heap
+del blocks
+kept = rss_mib()
+released = release_freed_memory()
+print(json.dumps({"kept": kept, "after": rss_mib(), "released": released}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result is None:
+        pytest.skip("not glibc")
+    assert result["released"] and result["kept"] - result["after"] > 100  # MiB given back

@@ -2,8 +2,9 @@
 
 The reference is benchmarks/original_style.py (imported by path): fixed 6 s / 180-frame padding
 (here scaled down), hand-written attention with a -10000 fill, fusion stacks run three times,
-negatives drawn row by row. FoalNet: dynamic padding, fused SDPA, one fusion pass, vectorised
-negatives. Same weights (copied through the documented mapping), same inputs, same seeded global
+negatives drawn row by row, transformers' WavLM encoder on the padded batch. FoalNet: dynamic
+padding, fused SDPA, one fusion pass on packed query frames, vectorised negatives, the packed
+WavLM encoder with the positional conv by FFT. Same weights (copied through the documented mapping), same inputs, same seeded global
 RNG for the negatives -> logits, losses (and gradients) agree within 1e-5 in float32.
 """
 from __future__ import annotations
@@ -47,7 +48,9 @@ def _wavlm_folder(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("wavlm")
-    WavLMModel(WavLMConfig(**{**TINY_WAVLM_DEFAULTS, **NO_DROPOUT})).save_pretrained(folder)
+    # WavLM-Large's positional conv shape (128 taps, 16 groups): FoalNet computes it by FFT
+    pos_conv = dict(num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
+    WavLMModel(WavLMConfig(**{**TINY_WAVLM_DEFAULTS, **NO_DROPOUT, **pos_conv})).save_pretrained(folder)
     return folder
 
 
