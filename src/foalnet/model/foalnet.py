@@ -35,8 +35,8 @@ from foalnet.model.audio import (
 )
 from foalnet.model.distributed import gather_batch
 from foalnet.model.lean_ops import dropout
-from foalnet.model.packing import Packing
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
+from foalnet.model.packing import Packing
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -196,10 +196,12 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(query_dim)
 
-    def forward(self, query: torch.Tensor, packing: Packing, context: torch.Tensor, context_mask: torch.Tensor,
-                context_index: torch.Tensor | None = None, query_repeat: int = 1) -> tuple[torch.Tensor, Packing]:
-        """query [N,D] packed by ``packing`` (B rows), context [M,Lk,Dk], context_mask [M,Lk] bool
-        -> (packed output of the B*query_repeat rows, their packing).
+    def forward(self, query: torch.Tensor, packing: Packing, context: torch.Tensor, keys: torch.Tensor,
+                no_key: torch.Tensor | None, context_index: torch.Tensor | None = None,
+                query_repeat: int = 1) -> tuple[torch.Tensor, Packing]:
+        """query [N,D] packed by ``packing`` (B rows), context [M,Lk,Dk] -> (packed output of the
+        B*query_repeat rows, their packing). ``keys`` [R*B,1,1,Lk] and ``no_key`` come from
+        ``CrossAttentionStack.key_mask`` (the same for every layer of a stack).
 
         Query row r (of the batch repeated ``query_repeat`` times) attends to context row
         ``context_index[r]`` (default r). Projecting the pool once and indexing the projections
@@ -212,16 +214,14 @@ class CrossAttentionLayer(nn.Module):
         B, Lq = packing.batch, packing.length
         k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
         if context_index is not None:  # index_select: a plain gather (advanced indexing is slower on CPU)
-            k, v, context_mask = (t.index_select(0, context_index) for t in (k, v, context_mask))  # (B, Lk, .)
+            k, v = k.index_select(0, context_index), v.index_select(0, context_index)  # (B, Lk, D)
         Lk = k.shape[1]
         q = packing.unpack(q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
         k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
         v = v.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        has_key = context_mask.any(dim=1)  # (B,)
-        keys = (context_mask | ~has_key[:, None])[:, None, None, :]  # (B, 1, 1, Lk), no all-False row
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, H, Lq, D/H)
-        if not bool(has_key.all()):  # rare (a video with no frame): skip a full pass otherwise
-            out = out.masked_fill(~has_key[:, None, None, None], 0.0)
+        if no_key is not None:  # rare (a video with no frame)
+            out = out.masked_fill(no_key[:, None, None, None], 0.0)
         out = packing.pack(out.transpose(1, 2).reshape(B, Lq, D))  # (N', D)
         out = dropout(self.out_proj(out), self.dropout.p, self.training)  # bool-mask dropout
         return self.norm(out + query), packing
@@ -243,9 +243,20 @@ class CrossAttentionStack(nn.Module):
         CrossAttentionLayer); the layers run on the valid query frames only."""
         packing = Packing(query_mask)
         x = packing.pack(query)
+        keys, no_key = self.key_mask(context_mask, context_index)
         for i, layer in enumerate(self.layers):
-            x, packing = layer(x, packing, context, context_mask, context_index, query_repeat if i == 0 else 1)
+            x, packing = layer(x, packing, context, keys, no_key, context_index, query_repeat if i == 0 else 1)
         return packing.mean(x)
+
+    @staticmethod
+    def key_mask(context_mask: torch.Tensor, context_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each query row's key-padding mask [B,1,1,Lk] (a row with no valid key attends to all,
+        its output is zeroed) and those rows ([B] bool, or None when there are none)."""
+        if context_index is not None:
+            context_mask = context_mask.index_select(0, context_index)
+        has_key = context_mask.any(dim=1)  # (B,)
+        keys = (context_mask | ~has_key[:, None])[:, None, None, :]  # no all-False row
+        return keys, (None if bool(has_key.all()) else ~has_key)
 
 
 # ---------------------------------------------------------------------------------------- helpers
