@@ -18,16 +18,18 @@ What is measured, and how
   SAME weights (FoalNet saved with ``save_pretrained``; the reference loads the mapped tensors)
   and the SAME batches (seeded).
 * Implementations: ``original`` (benchmarks/original_style.py, the authors' structure, run as
-  their script runs: default glibc malloc), ``original-keep`` (the same code with the allocator
-  setting foalnet's training applies on CPU, ``foalnet.train.allocator.keep_freed_memory``: what
-  the original gains from the runtime alone), ``ours`` (FoalNet from the padded waveform batch)
+  their script runs: default glibc malloc, no huge pages), ``original-keep`` (the same code with
+  the allocator settings foalnet's training applies on CPU,
+  ``foalnet.train.allocator.cpu_memory_settings``: what the original gains from the runtime alone), ``ours`` (FoalNet from the padded waveform batch)
   and ``cached`` (FoalNet from the audio front-end cache, what ``foalnet train`` does by default:
   the frozen CNN's output of each item is computed before the timed steps, as ``foalnet
   extract-audio`` does once for a whole corpus; that one-off cost is measured separately, CPU s
   per s of audio, and costed in the epoch lines). ``ours`` and ``cached`` run with the allocator
-  setting, as ``foalnet train`` does. Without it glibc maps every large block afresh and a step
-  spends 30-45 % of its CPU time faulting pages in (see that module).
-* Step = ``zero_grad`` + forward with labels + ``loss.backward()`` + ``AdamW.step()``, batch 16
+  settings, as ``foalnet train`` does. Without them glibc maps every large block afresh and a step
+  spends 30-45 % of its CPU time faulting pages in; with glibc's reuse alone the heap fragments
+  (see that module).
+* Step = forward with labels + ``loss.backward()`` + ``AdamW.step()`` + ``zero_grad`` (the
+  engine's order; the outputs are dropped before the next batch, as the engine's are), batch 16
   (the original: torch's default AdamW, as the authors' script; foalnet: the fused AdamW its
   engine builds, ``foalnet.train.loop.build_optimizer``, the same update rule).
   Time: median over ``--steps`` steps after ``--warmup`` warm-up steps, each step on a new batch.
@@ -289,24 +291,27 @@ def train_steps(model, impl: str, batches: list[Batch], cached: list | None = No
         else:
             inputs = pad_longest(batch) if impl == "ours" else pad_original(batch)  # original, original-keep
         t0, c0 = time.perf_counter(), time.process_time()
-        optimizer.zero_grad(set_to_none=True)
-        out = model(**inputs)
-        out.loss.backward()
+        out = model(**inputs)  # the engine's order (train/loop.py): forward, backward, step, zero_grad,
+        out.loss.backward()  # so the gradients and the outputs are gone before the next batch
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del out, inputs
         times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
 def worker(args: argparse.Namespace) -> dict:
     """One configuration in this (fresh) process; returns the measurement as a dict."""
+    from foalnet.train.allocator import THP_VARIABLE, cpu_memory_settings
+
+    # before torch's first allocation (it reads the huge-page switch once); explicit either way,
+    # so a value in the caller's environment does not change what a row measures
+    foalnet_allocator = uses_foalnet_allocator(args.impl)
+    os.environ[THP_VARIABLE] = "1" if foalnet_allocator else "0"
+    settings = cpu_memory_settings() if foalnet_allocator else {"keep_freed_memory": False, "huge_pages": False}
     import torch
 
     torch.set_num_threads(args.threads)
-    allocator = False
-    if uses_foalnet_allocator(args.impl):
-        from foalnet.train.allocator import keep_freed_memory
-
-        allocator = keep_freed_memory()
     torch.manual_seed(args.seed)
     model = build_model(args.impl, Path(args.model_dir))
     n = args.warmup + args.steps
@@ -328,7 +333,7 @@ def worker(args: argparse.Namespace) -> dict:
     cpu = [c for _, c in times[args.warmup:]]
     return {
         "impl": args.impl, "layers": args.layers[0], "lengths": args.lengths, "seconds": args.seconds,
-        "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup, "keep_freed_memory": allocator,
+        "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup, **settings,
         "step_cpu_s_median": statistics.median(cpu), "step_cpu_s_all": cpu,
         "step_s_median": statistics.median(wall), "step_s_all": wall,
         "rss_before_gib": rss_before / 2**20,

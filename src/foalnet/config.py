@@ -83,7 +83,7 @@ class TrainConfig:
     keep_checkpoints: int = 1  # resumable checkpoints kept on disk
     nan_patience: int = 5  # consecutive non-finite losses tolerated before the run stops
     cpu: bool = False  # force CPU even when a GPU is present
-    keep_freed_memory: bool = True  # CPU runs: glibc malloc reuses freed blocks (train/allocator.py)
+    keep_freed_memory: bool = True  # CPU runs: malloc reuses freed blocks, huge pages for tensors (train/allocator.py)
     max_steps: int = 0  # stop after N steps in total (debug/tests); 0 = no limit
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""CPU runs: keep freed memory in the process instead of handing it back to the kernel.
+"""CPU runs: keep freed memory in the process, and back large tensors with huge pages.
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap``
 and unmaps it on ``free``. A training step allocates and frees gigabytes of such blocks
@@ -8,16 +8,29 @@ this project's 2-core CPU (``benchmarks/train_step.py``, 2-layer WavLM-Large-sha
 and a high trim threshold, freed blocks are reused from the heap and, after the first steps, a
 step faults nothing. PyTorch's CPU performance guide recommends jemalloc or tcmalloc for the same
 reason; ``mallopt`` needs nothing installed. Other C libraries are left alone.
+
+Reused heap memory fragments: blocks of a step's many sizes leave holes the next step's sizes do
+not fit, and the heap grows past what is ever live at once (measured with ``mallinfo2`` on the
+same benchmark: 2.5 GiB live at most, a 3.4-3.7 GiB heap after a few steps). PyTorch's own
+switch ``THP_MEM_ALLOC_ENABLE`` (>= 2.2) aligns tensors of 2 MiB or more to pages and asks the
+kernel for transparent huge pages on them; on the same benchmark that kept the peak resident
+size at 3.2 GiB instead of 4.1 and took 8 % less time per step (fewer TLB misses).
+``cpu_memory_settings`` applies both.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import re
 import sys
+from pathlib import Path
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB free at the heap top
+THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator (c10/core/alloc_cpu.cpp)
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 _applied: bool | None = None
 
@@ -26,12 +39,37 @@ def keep_freed_memory() -> bool:
     """Serve large blocks from the heap and keep freed ones (glibc); True when in effect.
 
     Idempotent; affects allocations made after the call, in this process and in processes it
-    forks later (DataLoader workers). Peak memory is about the same; the resident size no longer
-    shrinks between steps."""
+    forks later (DataLoader workers). The resident size no longer shrinks between steps, and
+    without ``huge_pages_for_tensors`` the heap fragments (module note)."""
     global _applied
     if _applied is None:
         _applied = _mallopt(M_MMAP_MAX, 0) and _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     return _applied
+
+
+def huge_pages_for_tensors() -> bool:
+    """Ask PyTorch to back CPU tensors of 2 MiB or more with transparent huge pages.
+
+    PyTorch reads ``THP_MEM_ALLOC_ENABLE`` once, at its first CPU allocation, so this takes
+    effect only when called before the process's first tensor (``train_fold`` calls it first
+    thing). A value already in the environment is the user's choice and is kept (``0`` opts
+    out). True when requested and the kernel hands out huge pages on request."""
+    os.environ.setdefault(THP_VARIABLE, "1")
+    return os.environ[THP_VARIABLE].strip() == "1" and transparent_huge_pages() in ("always", "madvise")
+
+
+def transparent_huge_pages() -> str | None:
+    """The kernel's THP mode: ``always``, ``madvise`` or ``never``; None when unknown."""
+    try:
+        match = re.search(r"\[(\w+)\]", THP_SETTING.read_text())
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def cpu_memory_settings() -> dict[str, bool]:
+    """Both settings of this module for a CPU training process; what is in effect."""
+    return {"keep_freed_memory": keep_freed_memory(), "huge_pages": huge_pages_for_tensors()}
 
 
 def release_freed_memory() -> bool:

@@ -28,7 +28,7 @@ import torch
 
 from foalnet.config import ExperimentConfig
 from foalnet.data.files import write_text_atomic
-from foalnet.train.allocator import keep_freed_memory, release_freed_memory
+from foalnet.train.allocator import cpu_memory_settings, release_freed_memory
 from foalnet.train.checkpoint import (
     TrainerState,
     find_latest,
@@ -231,9 +231,9 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     if cfg.data.fold is None:
         raise ValueError("data.fold is not set: pass --fold K")
     started = time.time()
+    if cfg.train.keep_freed_memory and (cfg.train.cpu or not torch.cuda.is_available()):
+        cpu_memory_settings()  # before the first tensor: PyTorch reads its huge-page switch once
     acc = accelerator or resolve_accelerator(cfg)
-    if acc.device.type == "cpu" and cfg.train.keep_freed_memory:
-        keep_freed_memory()  # before the model and the first batch are allocated
     set_seed(cfg.train.seed)
     fold = load_fold(cfg)
     cfg = resolve_model_config(cfg, fold)
