@@ -34,7 +34,7 @@ from foalnet.model.audio import (
     write_json_atomic,
 )
 from foalnet.model.distributed import gather_batch
-from foalnet.model.lean_ops import dropout
+from foalnet.model.lean_ops import dropout, masked_attention
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
 from foalnet.model.packing import Packing
 
@@ -219,7 +219,7 @@ class CrossAttentionLayer(nn.Module):
         q = packing.unpack(q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
         k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
         v = v.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, H, Lq, D/H)
+        out = key_masked_attention(q, k, v, keys)  # (B, H, Lq, D/H)
         if no_key is not None:  # rare (a video with no frame)
             out = out.masked_fill(no_key[:, None, None, None], 0.0)
         out = packing.pack(out.transpose(1, 2).reshape(B, Lq, D))  # (N', D)
@@ -260,6 +260,16 @@ class CrossAttentionStack(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention with a boolean key-padding mask [B,1,1,Lk]. On CPU
+    ``lean_ops.masked_attention`` (the same function; keeps q, k, v for backward, where torch's
+    fused CPU kernel keeps its output as well); elsewhere torch's fused kernels."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
+    key_bias = torch.zeros(keys.shape, dtype=q.dtype, device=q.device).masked_fill_(~keys, float("-inf"))
+    return masked_attention(q, k, v, key_bias, scale=1.0 / math.sqrt(q.shape[-1]))
+
+
 def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Zero the positions outside the mask (x [B,T] or [B,T,D], mask [B,T] bool), not in place.
     masked_fill, not a product: garbage (even inf/NaN) in the padding must not leak."""

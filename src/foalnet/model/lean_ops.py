@@ -1,16 +1,21 @@
-"""Dropout and attention that keep less for the backward pass (same functions as torch's).
+"""Dropout, attention and feed-forward pieces that keep less for the backward pass (same
+functions as torch's).
 
-``F.dropout`` saves a float32 mask (4 bytes per element) and the math attention path of
-``scaled_dot_product_attention`` (the one taken on CPU when the attention bias needs a gradient,
-as WavLM's gated relative position bias does) keeps the softmax output, a float dropout mask and
-the dropped-out probabilities: three [B, heads, T, T] tensors per layer. Here dropout keeps a
-bool mask (1 byte) and attention keeps the probabilities and that bool mask; what else the
-backward needs is recomputed from them (one elementwise pass). Same distribution of dropout
-masks, same outputs and gradients (tests/test_lean_ops.py against torch's own ops).
+``F.dropout`` saves a float32 mask (4 bytes per element); here a bool mask (1 byte). The math
+attention path of ``scaled_dot_product_attention`` (the one taken on CPU when the attention bias
+needs a gradient, as WavLM's gated relative position bias does) keeps the softmax output, a float
+dropout mask and the dropped-out probabilities, three [B, heads, T, T] tensors per layer, and
+WavLM builds the [B, heads, T, T] bias as a fourth. ``gated_bias_attention`` keeps none of them:
+only q, k, v, the gate, the shared bias and a bool mask; it builds the maps slice by slice and
+rebuilds them in backward (one more q k^T product, less time overall on this CPU: the maps stay
+in cache). ``gelu_dropout_linear`` recomputes the feed-forward's GELU output in backward instead of
+keeping it. Same dropout masks as ``dropout`` draws, same outputs and gradients
+(tests/test_lean_ops.py against torch's own ops).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
@@ -41,52 +46,145 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return _Dropout.apply(x, float(p))
 
 
-class _Attention(torch.autograd.Function):
-    """softmax(scale * q k^T + bias) -> dropout -> @ v on [B*heads, T, d] tensors.
+# Attention maps are built, used and (in backward) rebuilt in slices of the batch of at most this
+# many bytes, so no [B, heads, T, T] float tensor ever exists whole.
+MAP_CHUNK_BYTES = 32 * 2**20
 
-    The dropout's 1/(1-p) is applied to the [T, d] side (out, grad_out), not to the [T, T] map."""
+
+def _batch_slices(batch: int, bytes_per_item: int) -> list[tuple[int, int]]:
+    step = max(1, min(batch, MAP_CHUNK_BYTES // max(bytes_per_item, 1)))
+    return [(start, min(start + step, batch)) for start in range(0, batch, step)]
+
+
+class _GatedBiasAttention(torch.autograd.Function):
+    """softmax(scale * q k^T + gate * position_bias + key_bias) -> dropout -> @ v.
+
+    q, k, v [B, heads, T, d]; gate [B, heads, T, 1]; position_bias [heads, T, Tk]; key_bias
+    [B, 1, 1, Tk] (0 or -inf); gate and position_bias may both be None (key padding only).
+    Keeps q, k, v, the gate, the shared bias and the bool dropout mask (not the output);
+    the probabilities are recomputed in backward from the same operations (bit-identical), one
+    slice of the batch at a time. The 1/(1-p) of dropout goes on the [T, d] side."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                scale: float, p: float) -> torch.Tensor:
-        probs = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale).softmax(dim=-1)
-        mask = _keep_mask(probs.shape, p, probs.device) if p > 0.0 else None
-        ctx.keep_scale = 1.0 / (1.0 - p) if p > 0.0 else 1.0
-        if mask is None:
-            out = torch.bmm(probs, v)
+    def _probabilities(q, k, gate, position_bias, key_bias, scale: float, b0: int, b1: int) -> torch.Tensor:
+        _, heads, T, d = q.shape
+        n, Tk = (b1 - b0) * heads, k.shape[2]
+        scores = q.new_empty((b1 - b0, heads, T, Tk))
+        if gate is None:  # key padding only
+            scores.copy_(key_bias[b0:b1].expand_as(scores))
         else:
-            out = torch.bmm(torch.where(mask, probs, 0.0), v).mul_(ctx.keep_scale)
-        ctx.scale = scale
-        ctx.save_for_backward(q, k, v, probs, mask)
-        return out
+            torch.addcmul(key_bias[b0:b1], gate[b0:b1], position_bias, out=scores)
+        scores.view(n, T, Tk).baddbmm_(q[b0:b1].reshape(n, T, d), k[b0:b1].reshape(n, Tk, d).transpose(1, 2),
+                                       alpha=scale)
+        return scores.softmax(dim=-1).view(n, T, Tk)
+
+    @staticmethod
+    def forward(ctx, q, k, v, gate, position_bias, key_bias, scale: float, p: float):
+        B, heads, T, _ = q.shape
+        Tk, dv = k.shape[2], v.shape[-1]
+        mask = torch.empty((B * heads, T, Tk), dtype=torch.bool, device=q.device) if p > 0.0 else None
+        out = q.new_empty((B * heads, T, dv))
+        for b0, b1 in _batch_slices(B, heads * T * Tk * q.element_size()):
+            rows, n = slice(b0 * heads, b1 * heads), (b1 - b0) * heads
+            probs = _GatedBiasAttention._probabilities(q, k, gate, position_bias, key_bias, scale, b0, b1)
+            if mask is not None:
+                probs = probs.masked_fill_(~mask[rows].bernoulli_(1.0 - p), 0.0)
+            torch.bmm(probs, v[b0:b1].reshape(n, Tk, dv), out=out[rows])
+        ctx.scale, ctx.keep_scale = scale, (1.0 / (1.0 - p) if p > 0.0 else 1.0)
+        ctx.save_for_backward(q, k, v, gate, position_bias, key_bias, mask)
+        return (out.mul_(ctx.keep_scale) if mask is not None else out).view(B, heads, T, dv)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, probs, mask = ctx.saved_tensors
-        if mask is not None:
-            grad_out = grad_out * ctx.keep_scale
-        kept = probs if mask is None else torch.where(mask, probs, 0.0)
-        grad_v = torch.bmm(kept.transpose(1, 2), grad_out)
-        del kept
-        grad_probs = torch.bmm(grad_out, v.transpose(1, 2))
-        if mask is not None:
-            grad_probs = grad_probs.masked_fill_(~mask, 0.0)
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-        del grad_probs
-        grad_q = torch.bmm(grad_scores, k).mul_(ctx.scale)
-        grad_k = torch.bmm(grad_scores.transpose(1, 2), q).mul_(ctx.scale)
-        grad_bias = grad_scores if ctx.needs_input_grad[3] else None
-        return grad_q, grad_k, grad_v, grad_bias, None, None
+        q, k, v, gate, position_bias, key_bias, mask = ctx.saved_tensors
+        B, heads, T, d = q.shape
+        Tk, dv = k.shape[2], v.shape[-1]
+        grad_q, grad_k, grad_v = q.new_empty((B * heads, T, d)), k.new_empty((B * heads, Tk, d)), v.new_empty((B * heads, Tk, dv))
+        grad_gate = gate.new_empty(gate.shape) if ctx.needs_input_grad[3] else None
+        grad_bias = torch.zeros_like(position_bias) if ctx.needs_input_grad[4] else None
+        for b0, b1 in _batch_slices(B, heads * T * Tk * q.element_size()):
+            rows, n = slice(b0 * heads, b1 * heads), (b1 - b0) * heads
+            probs = _GatedBiasAttention._probabilities(q, k, gate, position_bias, key_bias, ctx.scale, b0, b1)
+            grad = grad_out[b0:b1].reshape(n, T, dv)
+            if mask is not None:
+                grad = grad * ctx.keep_scale
+            kept = probs if mask is None else probs.masked_fill(~mask[rows], 0.0)
+            torch.bmm(kept.transpose(1, 2), grad, out=grad_v[rows])
+            del kept
+            grad_probs = torch.bmm(grad, v[b0:b1].reshape(n, Tk, dv).transpose(1, 2))
+            if mask is not None:
+                grad_probs.masked_fill_(~mask[rows], 0.0)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+            del grad_probs, probs
+            torch.bmm(grad_scores, k[b0:b1].reshape(n, Tk, d), out=grad_q[rows])
+            torch.bmm(grad_scores.transpose(1, 2), q[b0:b1].reshape(n, T, d), out=grad_k[rows])
+            grad_scores = grad_scores.view(b1 - b0, heads, T, Tk)
+            if grad_gate is not None:
+                torch.sum(grad_scores * position_bias, dim=-1, keepdim=True, out=grad_gate[b0:b1])
+            if grad_bias is not None:
+                grad_bias += grad_scores.mul_(gate[b0:b1]).sum(0)
+        grad_q = grad_q.mul_(ctx.scale).view(B, heads, T, d)
+        grad_k = grad_k.mul_(ctx.scale).view(B, heads, Tk, d)
+        return grad_q, grad_k, grad_v.view(B, heads, Tk, dv), grad_gate, grad_bias, None, None, None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
-              dropout_p: float = 0.0) -> torch.Tensor:
-    """``F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p, scale)``, math path,
-    with the bias differentiable. q, k, v [B, heads, T, d]; bias [B, heads, Tq, Tk] (-inf masks)."""
-    B, heads, Tq, d = q.shape
-    Tk = k.shape[2]
-    bias = bias.expand(B, heads, Tq, Tk).to(q.dtype)
-    out = _Attention.apply(q.reshape(B * heads, Tq, d), k.reshape(B * heads, Tk, d),
-                           v.reshape(B * heads, Tk, d), bias.reshape(B * heads, Tq, Tk),
-                           float(scale), float(dropout_p))
-    return out.view(B, heads, Tq, d)
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, scale=scale)`` keeping q, k,
+    v for backward (torch's fused CPU kernel keeps its output too). key_bias [B, 1, 1, Tk], 0 for
+    valid keys and -inf for padding, every row with a valid key."""
+    return _GatedBiasAttention.apply(q, k, v, None, None, key_bias, float(scale), 0.0)
+
+
+def gated_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                         position_bias: torch.Tensor, key_bias: torch.Tensor, scale: float,
+                         dropout_p: float = 0.0) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=gate * position_bias + key_bias,
+    dropout_p, scale)`` (math path, the bias differentiable through gate and position_bias), as
+    WavLM's gated relative-position attention needs it, without keeping any [B, heads, T, T] map.
+
+    q, k, v [B, heads, T, d]; gate [B, heads, T, 1]; position_bias [heads, T, Tk]; key_bias
+    [B, 1, 1, Tk] with -inf at padded keys (every row needs one valid key)."""
+    return _GatedBiasAttention.apply(q, k, v, gate, position_bias, key_bias, float(scale), float(dropout_p))
+
+
+class _GeluDropoutLinear(torch.autograd.Function):
+    """linear(dropout(gelu(h)), weight, bias), keeping h and the bool mask: the GELU output (as
+    large as h) is recomputed in backward instead of being kept for the weight's gradient."""
+
+    @staticmethod
+    def _activation(h: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Tensor:
+        a = F.gelu(h)
+        return a if mask is None else a.masked_fill_(~mask, 0.0).mul_(1.0 / (1.0 - p))
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, p: float):
+        mask = _keep_mask(h.shape, p, h.device) if p > 0.0 else None
+        ctx.p = p
+        ctx.save_for_backward(h, weight, mask)
+        return F.linear(_GeluDropoutLinear._activation(h, mask, p), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        h, weight, mask = ctx.saved_tensors
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_h = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            a = _GeluDropoutLinear._activation(h, mask, ctx.p)
+            grad_weight = grad_2d.t().mm(a.reshape(-1, a.shape[-1]))
+            del a
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_2d.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_a = grad_out.matmul(weight)
+            if mask is not None:
+                grad_a = grad_a.masked_fill_(~mask, 0.0).mul_(1.0 / (1.0 - ctx.p))
+            grad_h = torch.ops.aten.gelu_backward(grad_a, h)
+        return grad_h, grad_weight, grad_bias, None
+
+
+def gelu_dropout_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: float,
+                        training: bool) -> torch.Tensor:
+    """``F.linear(dropout(F.gelu(h), p, training), weight, bias)`` (exact GELU; the same keep
+    masks as ``dropout`` draws) keeping h and a bool mask for backward."""
+    return _GeluDropoutLinear.apply(h, weight, bias, float(p) if training else 0.0)

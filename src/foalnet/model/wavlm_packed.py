@@ -6,9 +6,9 @@ are padding, and everything but attention's T x T product is per-frame work: lay
 q/k/v/output projections, the feed-forward block, dropout. Here those run on the packed [N, H]
 valid frames; attention scatters q, k, v back to [B, heads, T, d] with the key-padding mask, so
 each valid frame sees exactly the keys it sees in transformers. The positional convolution runs
-on the padded batch (padding is zero there, as in transformers) by FFT (``fft_conv``). Attention
-and dropout are ``lean_ops``' (same functions, bool dropout masks, no duplicate [T, T] maps
-kept for backward).
+on the padded batch (padding is zero there, as in transformers) by FFT (``fft_conv``). Attention,
+the feed-forward's GELU and dropout are ``lean_ops``' (same functions, bool dropout masks, no
+[T, T] map and no GELU output kept for backward).
 
 Valid frames come out equal to transformers' (within float rounding; padded frames are zero
 here and arbitrary there, and nothing downstream reads them), with the same modules and weights,
@@ -27,8 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from foalnet.model.fft_conv import conv1d_fft
-from foalnet.model.lean_ops import attention as lean_attention
-from foalnet.model.lean_ops import dropout
+from foalnet.model.lean_ops import dropout, gated_bias_attention, gelu_dropout_linear
 from foalnet.model.packing import Packing
 
 # The FFT pays off for long kernels (WavLM: 128); short ones (tiny test models) stay direct.
@@ -65,21 +64,34 @@ def attention(attn: nn.Module, x: torch.Tensor, packing: Packing, position_bias:
     gate_a, gate_b = torch.sigmoid(proj.view(-1, heads, 2, 4).sum(-1)).chunk(2, dim=-1)  # [N, heads, 1] each
     gate = gate_a * (gate_b * attn.gru_rel_pos_const.view(1, heads, 1) - 1.0) + 2.0
     gate = packing.unpack(gate).permute(0, 2, 1, 3)  # [B, heads, T, 1]; padded queries: 0
-    bias = gate * position_bias.unsqueeze(0) + key_mask  # [B, heads, T, T]
 
     def heads_first(t: torch.Tensor) -> torch.Tensor:
         return packing.unpack(t).view(B, T, heads, d).transpose(1, 2)
 
     q, k, v = (heads_first(proj_(x)) for proj_ in (attn.q_proj, attn.k_proj, attn.v_proj))
-    out = lean_attention(q, k, v, bias, scale=1.0 / math.sqrt(d), dropout_p=attn.dropout if attn.training else 0.0)
+    # softmax(q k^T / sqrt(d) + gate * position_bias + key_mask), without a [B, heads, T, T] map kept
+    out = gated_bias_attention(q, k, v, gate, position_bias, key_mask, scale=1.0 / math.sqrt(d),
+                               dropout_p=attn.dropout if attn.training else 0.0)
     out = packing.pack(out.transpose(1, 2).reshape(B, T, heads * d))
     return attn.out_proj(out)
 
 
 def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """WavLMFeedForward with dropout that keeps a bool mask."""
-    h = dropout(ff.intermediate_act_fn(ff.intermediate_dense(x)), ff.intermediate_dropout.p, ff.training)
-    return dropout(ff.output_dense(h), ff.output_dropout.p, ff.training)
+    """WavLMFeedForward with dropout that keeps a bool mask; with exact GELU (WavLM's), the
+    activation is recomputed in backward instead of kept."""
+    h = ff.intermediate_dense(x)
+    if is_exact_gelu(ff.intermediate_act_fn):
+        h = gelu_dropout_linear(h, ff.output_dense.weight, ff.output_dense.bias, ff.intermediate_dropout.p, ff.training)
+    else:
+        h = ff.output_dense(dropout(ff.intermediate_act_fn(h), ff.intermediate_dropout.p, ff.training))
+    return dropout(h, ff.output_dropout.p, ff.training)
+
+
+def is_exact_gelu(act: nn.Module) -> bool:
+    """transformers' ``GELUActivation`` on torch's erf GELU (``hidden_act="gelu"``), or nn.GELU()."""
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
 
 
 def layer_forward(layer: nn.Module, x: torch.Tensor, packing: Packing, position_bias: torch.Tensor,
