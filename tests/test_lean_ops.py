@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foalnet.model.lean_ops import dropout, gated_bias_attention, gelu_dropout_linear
+from foalnet.model.lean_ops import dropout, gated_bias_attention, gelu_dropout_linear, masked_attention
 
 
 def _saved_bytes(fn) -> int:
@@ -156,3 +156,26 @@ def test_gelu_dropout_linear_keeps_no_activation():
     ref = _saved_bytes(lambda: linear(dropout(F.gelu(h), 0.1, True)))
     assert ours == 4 * h.numel() + 4 * linear.weight.numel() + h.numel()  # h, weight, bool mask
     assert ref - ours == 4 * h.numel()  # the modules keep the dropped GELU output too
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2**30])
+def test_masked_attention_with_kv_index_equals_sdpa_on_gathered_rows(monkeypatch, chunk_bytes):
+    """Query row r attends to context row kv_index[r] (MEM's [V; V_neg]); the gradients of a
+    context row used twice add up."""
+    from foalnet.model import lean_ops
+
+    monkeypatch.setattr(lean_ops, "MAP_CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(6)
+    q = torch.randn(4, 6, 2, 3, generator=gen, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    k, v = (torch.randn(2, 2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    index = torch.tensor([0, 1, 1, 1])
+    keys = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool).index_select(0, index)[:, None, None, :]
+    key_bias = torch.zeros(keys.shape, dtype=torch.float64).masked_fill(~keys, -math.inf)
+    target = torch.randn(4, 2, 6, 3, generator=gen, dtype=torch.float64)
+    ours = masked_attention(q, k, v, key_bias, 0.4, kv_index=index)
+    ref = F.scaled_dot_product_attention(q, k.index_select(0, index), v.index_select(0, index), attn_mask=keys, scale=0.4)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    g_ours = torch.autograd.grad((ours * target).sum(), (q, k, v))
+    g_ref = torch.autograd.grad((ref * target).sum(), (q, k, v))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -213,13 +213,11 @@ class CrossAttentionLayer(nn.Module):
             q, query, packing = q.repeat(query_repeat, 1), query.repeat(query_repeat, 1), packing.repeat(query_repeat)
         B, Lq = packing.batch, packing.length
         k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
-        if context_index is not None:  # index_select: a plain gather (advanced indexing is slower on CPU)
-            k, v = k.index_select(0, context_index), v.index_select(0, context_index)  # (B, Lk, D)
-        Lk = k.shape[1]
+        M, Lk = k.shape[:2]
         q = packing.unpack(q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
-        k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        v = v.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        out = key_masked_attention(q, k, v, keys)  # (B, H, Lq, D/H)
+        k = k.view(M, Lk, H, D // H).transpose(1, 2)  # (M, H, Lk, D/H)
+        v = v.view(M, Lk, H, D // H).transpose(1, 2)  # (M, H, Lk, D/H)
+        out = key_masked_attention(q, k, v, keys, context_index)  # (B, H, Lq, D/H)
         if no_key is not None:  # rare (a video with no frame)
             out = out.masked_fill(no_key[:, None, None, None], 0.0)
         out = packing.pack(out.transpose(1, 2).reshape(B, Lq, D))  # (N', D)
@@ -260,14 +258,19 @@ class CrossAttentionStack(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention with a boolean key-padding mask [B,1,1,Lk]. On CPU
-    ``lean_ops.masked_attention`` (the same function; keeps q, k, v for backward, where torch's
-    fused CPU kernel keeps its output as well); elsewhere torch's fused kernels."""
+def key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor,
+                         context_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of q [B,H,Lq,d] on k, v [M,H,Lk,d] with a boolean key-padding
+    mask [B,1,1,Lk]; query row r attends to context row ``context_index[r]`` (default r). On CPU
+    ``lean_ops.masked_attention`` (the same function; keeps q and the M context rows for backward,
+    where torch's fused CPU kernel would keep B gathered rows and its output); elsewhere torch's
+    fused kernels on the gathered rows (index_select: a plain gather)."""
     if q.device.type != "cpu":
+        if context_index is not None:
+            k, v = k.index_select(0, context_index), v.index_select(0, context_index)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
     key_bias = torch.zeros(keys.shape, dtype=q.dtype, device=q.device).masked_fill_(~keys, float("-inf"))
-    return masked_attention(q, k, v, key_bias, scale=1.0 / math.sqrt(q.shape[-1]))
+    return masked_attention(q, k, v, key_bias, scale=1.0 / math.sqrt(q.shape[-1]), kv_index=context_index)
 
 
 def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -67,73 +67,96 @@ class _GatedBiasAttention(torch.autograd.Function):
 
     @staticmethod
     def _probabilities(q, k, gate, position_bias, key_bias, scale: float, b0: int, b1: int) -> torch.Tensor:
+        """Attention probabilities of query rows b0:b1, [(b1 - b0) * heads, T, Tk]; k: their rows."""
         _, heads, T, d = q.shape
         n, Tk = (b1 - b0) * heads, k.shape[2]
+        q_rows, k_cols = q[b0:b1].reshape(n, T, d), k.reshape(n, Tk, d).transpose(1, 2)
+        if gate is None:  # key padding only: the [n, 1, Tk] bias broadcasts over the queries
+            key_rows = key_bias[b0:b1].expand(b1 - b0, heads, 1, Tk).reshape(n, 1, Tk)
+            return torch.baddbmm(key_rows, q_rows, k_cols, alpha=scale).softmax(dim=-1)
         scores = q.new_empty((b1 - b0, heads, T, Tk))
-        if gate is None:  # key padding only
-            scores.copy_(key_bias[b0:b1].expand_as(scores))
-        else:
-            torch.addcmul(key_bias[b0:b1], gate[b0:b1], position_bias, out=scores)
-        scores.view(n, T, Tk).baddbmm_(q[b0:b1].reshape(n, T, d), k[b0:b1].reshape(n, Tk, d).transpose(1, 2),
-                                       alpha=scale)
-        return scores.softmax(dim=-1).view(n, T, Tk)
+        torch.addcmul(key_bias[b0:b1], gate[b0:b1], position_bias, out=scores)
+        return scores.view(n, T, Tk).baddbmm_(q_rows, k_cols, alpha=scale).softmax(dim=-1)
 
     @staticmethod
-    def forward(ctx, q, k, v, gate, position_bias, key_bias, scale: float, p: float):
+    def forward(ctx, q, k, v, gate, position_bias, key_bias, scale: float, p: float, kv_index):
+        # one [B, heads, T, d] copy each, kept for backward (slices of it are then views)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         B, heads, T, _ = q.shape
         Tk, dv = k.shape[2], v.shape[-1]
         mask = torch.empty((B * heads, T, Tk), dtype=torch.bool, device=q.device) if p > 0.0 else None
         out = q.new_empty((B * heads, T, dv))
         for b0, b1 in _batch_slices(B, heads * T * Tk * q.element_size()):
             rows, n = slice(b0 * heads, b1 * heads), (b1 - b0) * heads
-            probs = _GatedBiasAttention._probabilities(q, k, gate, position_bias, key_bias, scale, b0, b1)
+            probs = _GatedBiasAttention._probabilities(q, _rows(k, kv_index, b0, b1), gate, position_bias,
+                                                       key_bias, scale, b0, b1)
             if mask is not None:
                 probs = probs.masked_fill_(~mask[rows].bernoulli_(1.0 - p), 0.0)
-            torch.bmm(probs, v[b0:b1].reshape(n, Tk, dv), out=out[rows])
+            torch.bmm(probs, _rows(v, kv_index, b0, b1).reshape(n, Tk, dv), out=out[rows])
         ctx.scale, ctx.keep_scale = scale, (1.0 / (1.0 - p) if p > 0.0 else 1.0)
-        ctx.save_for_backward(q, k, v, gate, position_bias, key_bias, mask)
+        ctx.save_for_backward(q, k, v, gate, position_bias, key_bias, mask, kv_index)
         return (out.mul_(ctx.keep_scale) if mask is not None else out).view(B, heads, T, dv)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, gate, position_bias, key_bias, mask = ctx.saved_tensors
+        q, k, v, gate, position_bias, key_bias, mask, kv_index = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
         B, heads, T, d = q.shape
         Tk, dv = k.shape[2], v.shape[-1]
-        grad_q, grad_k, grad_v = q.new_empty((B * heads, T, d)), k.new_empty((B * heads, Tk, d)), v.new_empty((B * heads, Tk, dv))
+        grad_q = q.new_empty((B * heads, T, d))
+        # gathered context rows: their gradients add up on the rows they came from
+        new_grad = torch.zeros if kv_index is not None else torch.empty
+        grad_k = new_grad(k.shape, dtype=k.dtype, device=k.device)
+        grad_v = new_grad(v.shape, dtype=v.dtype, device=v.device)
         grad_gate = gate.new_empty(gate.shape) if ctx.needs_input_grad[3] else None
         grad_bias = torch.zeros_like(position_bias) if ctx.needs_input_grad[4] else None
         for b0, b1 in _batch_slices(B, heads * T * Tk * q.element_size()):
             rows, n = slice(b0 * heads, b1 * heads), (b1 - b0) * heads
-            probs = _GatedBiasAttention._probabilities(q, k, gate, position_bias, key_bias, ctx.scale, b0, b1)
+            k_rows, v_rows = _rows(k, kv_index, b0, b1), _rows(v, kv_index, b0, b1)
+            probs = _GatedBiasAttention._probabilities(q, k_rows, gate, position_bias, key_bias, ctx.scale, b0, b1)
             grad = grad_out[b0:b1].reshape(n, T, dv)
             if mask is not None:
                 grad = grad * ctx.keep_scale
             kept = probs if mask is None else probs.masked_fill(~mask[rows], 0.0)
-            torch.bmm(kept.transpose(1, 2), grad, out=grad_v[rows])
+            _add_rows(grad_v, kv_index, b0, b1, torch.bmm(kept.transpose(1, 2), grad))
             del kept
-            grad_probs = torch.bmm(grad, v[b0:b1].reshape(n, Tk, dv).transpose(1, 2))
+            grad_probs = torch.bmm(grad, v_rows.reshape(n, Tk, dv).transpose(1, 2))
             if mask is not None:
                 grad_probs.masked_fill_(~mask[rows], 0.0)
             grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
             del grad_probs, probs
-            torch.bmm(grad_scores, k[b0:b1].reshape(n, Tk, d), out=grad_q[rows])
-            torch.bmm(grad_scores.transpose(1, 2), q[b0:b1].reshape(n, T, d), out=grad_k[rows])
+            torch.bmm(grad_scores, k_rows.reshape(n, Tk, d), out=grad_q[rows])
+            _add_rows(grad_k, kv_index, b0, b1, torch.bmm(grad_scores.transpose(1, 2), q[b0:b1].reshape(n, T, d)))
             grad_scores = grad_scores.view(b1 - b0, heads, T, Tk)
             if grad_gate is not None:
                 torch.sum(grad_scores * position_bias, dim=-1, keepdim=True, out=grad_gate[b0:b1])
             if grad_bias is not None:
                 grad_bias += grad_scores.mul_(gate[b0:b1]).sum(0)
-        grad_q = grad_q.mul_(ctx.scale).view(B, heads, T, d)
-        grad_k = grad_k.mul_(ctx.scale).view(B, heads, Tk, d)
-        return grad_q, grad_k, grad_v.view(B, heads, Tk, dv), grad_gate, grad_bias, None, None, None
+        return grad_q.mul_(ctx.scale).view(B, heads, T, d), grad_k.mul_(ctx.scale), grad_v, grad_gate, grad_bias, None, None, None, None
+
+
+def _rows(t: torch.Tensor, index: torch.Tensor | None, b0: int, b1: int) -> torch.Tensor:
+    """Rows b0:b1 of t, or the rows ``index[b0:b1]`` picks from it."""
+    return t[b0:b1] if index is None else t.index_select(0, index[b0:b1])
+
+
+def _add_rows(grad: torch.Tensor, index: torch.Tensor | None, b0: int, b1: int, value: torch.Tensor) -> None:
+    """grad[rows b0:b1, or those index picked] (+)= value [(b1 - b0) * heads, T, d]."""
+    value = value.view(b1 - b0, *grad.shape[1:])
+    if index is None:
+        grad[b0:b1].copy_(value)
+    else:
+        grad.index_add_(0, index[b0:b1], value)
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """``F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, scale=scale)`` keeping q, k,
-    v for backward (torch's fused CPU kernel keeps its output too). key_bias [B, 1, 1, Tk], 0 for
-    valid keys and -inf for padding, every row with a valid key."""
-    return _GatedBiasAttention.apply(q, k, v, None, None, key_bias, float(scale), 0.0)
+                     scale: float, kv_index: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k[kv_index], v[kv_index], attn_mask=key_bias,
+    scale=scale)`` keeping q, k, v for backward (torch's fused CPU kernel keeps its output too,
+    and would need the gathered rows). q [B, heads, T, d]; k, v [M, heads, Tk, d] (M = B without
+    kv_index); key_bias [B, 1, 1, Tk], 0 for valid keys and -inf for padding, every row with a
+    valid key."""
+    return _GatedBiasAttention.apply(q, k, v, None, None, key_bias, float(scale), 0.0, kv_index)
 
 
 def gated_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
@@ -145,7 +168,7 @@ def gated_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate
 
     q, k, v [B, heads, T, d]; gate [B, heads, T, 1]; position_bias [heads, T, Tk]; key_bias
     [B, 1, 1, Tk] with -inf at padded keys (every row needs one valid key)."""
-    return _GatedBiasAttention.apply(q, k, v, gate, position_bias, key_bias, float(scale), float(dropout_p))
+    return _GatedBiasAttention.apply(q, k, v, gate, position_bias, key_bias, float(scale), float(dropout_p), None)
 
 
 class _GeluDropoutLinear(torch.autograd.Function):
