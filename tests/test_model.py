@@ -356,3 +356,25 @@ def test_data_parallel_two_gloo_processes_match_the_single_process_batch(tmp_pat
     # fork: the children reuse the imported modules (spawn would re-import torch)
     mp.start_processes(_data_parallel_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True,
                        start_method="fork")
+
+
+def test_training_step_under_cpu_bf16_autocast_matches_float32():
+    """mixed_precision=bf16 on CPU: the lean attention / GELU ops of the WavLM encoder and of
+    the fusion cast for themselves (autocast does not reach backward). Dropout off, the same
+    hard negatives: loss and gradients close to the float32 step, each in its parameter's dtype."""
+    model = make_model("tiny-wavlm", proj_dropout=0.0, fusion_dropout=0.0).train()
+    batch = make_batch()
+
+    def step(autocast: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = run(model, batch)
+        out.loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert all(g.dtype == torch.float32 for g in grads.values())
+        return out.loss.item(), torch.cat([g.flatten() for g in grads.values()])
+
+    (loss32, grad32), (loss16, grad16) = step(False), step(True)
+    assert loss16 == pytest.approx(loss32, rel=0.02)
+    assert torch.isfinite(grad16).all()
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.99

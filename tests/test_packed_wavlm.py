@@ -134,6 +134,32 @@ def test_packed_encoder_runs_under_bf16_autocast_like_transformers():
     torch.testing.assert_close(packed[mask], reference[mask], rtol=0.05, atol=0.05)  # bf16: ~3 digits
 
 
+def test_packed_encoder_trains_under_bf16_autocast_like_transformers():
+    """Autocast does not reach backward: the lean ops cast for themselves, so the recomputed
+    attention maps and GELU match the forward pass and every gradient has its parameter's dtype."""
+    model = _wavlm(True, 128).train()  # dropout off: the same function on both paths
+    hidden, mask = _hidden_and_mask(LENGTHS)
+
+    def grads(packed: bool) -> torch.Tensor:
+        model.zero_grad()
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if packed:
+                out = packed_encoder_forward(model.encoder, hidden, mask)
+            else:
+                out = model.encoder(hidden.clone(), attention_mask=mask)[0]
+            loss = out.float()[mask].pow(2).mean()
+        loss.backward()
+        assert all(p.grad.dtype == p.dtype for p in model.parameters() if p.grad is not None)
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    reference, packed = grads(False), grads(True)
+    assert torch.isfinite(packed).all()
+    cosine = torch.nn.functional.cosine_similarity(packed, reference, dim=0).item()
+    assert cosine > 0.9999  # bf16 rounding apart, the same gradients
+    assert packed.norm() == pytest.approx(reference.norm().item(), rel=1e-3)
+
+
 def test_packed_encoder_output_does_not_depend_on_padding():
     model = _wavlm(True, 128).eval()
     hidden, mask = _hidden_and_mask(LENGTHS, seed=2)

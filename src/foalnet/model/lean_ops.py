@@ -80,8 +80,17 @@ class _GatedBiasAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, gate, position_bias, key_bias, scale: float, p: float, kv_index):
-        # one [B, heads, T, d] copy each, kept for backward (slices of it are then views)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        ctx.input_dtypes = [t.dtype if t is not None else None for t in (k, v, gate, position_bias)]
+        with _no_autocast(q):
+            return _GatedBiasAttention._forward(ctx, q, k, v, gate, position_bias, key_bias, scale, p, kv_index)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, gate, position_bias, key_bias, scale: float, p: float, kv_index):
+        # everything in q's dtype (under autocast: the projections' low precision); one
+        # [B, heads, T, d] copy each of q, k, v, kept for backward (slices of it are then views)
+        q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
+        gate, position_bias = (t.to(q.dtype) if t is not None else None for t in (gate, position_bias))
+        key_bias = key_bias.to(q.dtype)
         B, heads, T, _ = q.shape
         Tk, dv = k.shape[2], v.shape[-1]
         mask = torch.empty((B * heads, T, Tk), dtype=torch.bool, device=q.device) if p > 0.0 else None
@@ -99,8 +108,15 @@ class _GatedBiasAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        with _no_autocast(grad_out):
+            grads = _GatedBiasAttention._backward(ctx, grad_out)
+        casts = [None] + ctx.input_dtypes  # q's gradient is in q's dtype already
+        return tuple(g.to(dtype) if g is not None and dtype is not None else g for g, dtype in zip(grads, casts)) + (None,) * 4
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         q, k, v, gate, position_bias, key_bias, mask, kv_index = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(q.dtype).contiguous()
         B, heads, T, d = q.shape
         Tk, dv = k.shape[2], v.shape[-1]
         grad_q = q.new_empty((B * heads, T, d))
@@ -118,7 +134,7 @@ class _GatedBiasAttention(torch.autograd.Function):
             if mask is not None:
                 grad = grad * ctx.keep_scale
             kept = probs if mask is None else probs.masked_fill(~mask[rows], 0.0)
-            _add_rows(grad_v, kv_index, b0, b1, torch.bmm(kept.transpose(1, 2), grad))
+            _bmm_into_rows(grad_v, kv_index, b0, b1, kept.transpose(1, 2), grad)
             del kept
             grad_probs = torch.bmm(grad, v_rows.reshape(n, Tk, dv).transpose(1, 2))
             if mask is not None:
@@ -126,13 +142,19 @@ class _GatedBiasAttention(torch.autograd.Function):
             grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
             del grad_probs, probs
             torch.bmm(grad_scores, k_rows.reshape(n, Tk, d), out=grad_q[rows])
-            _add_rows(grad_k, kv_index, b0, b1, torch.bmm(grad_scores.transpose(1, 2), q[b0:b1].reshape(n, T, d)))
+            _bmm_into_rows(grad_k, kv_index, b0, b1, grad_scores.transpose(1, 2), q[b0:b1].reshape(n, T, d))
             grad_scores = grad_scores.view(b1 - b0, heads, T, Tk)
             if grad_gate is not None:
                 torch.sum(grad_scores * position_bias, dim=-1, keepdim=True, out=grad_gate[b0:b1])
             if grad_bias is not None:
                 grad_bias += grad_scores.mul_(gate[b0:b1]).sum(0)
-        return grad_q.mul_(ctx.scale).view(B, heads, T, d), grad_k.mul_(ctx.scale), grad_v, grad_gate, grad_bias, None, None, None, None
+        return grad_q.mul_(ctx.scale).view(B, heads, T, d), grad_k.mul_(ctx.scale), grad_v, grad_gate, grad_bias
+
+
+def _no_autocast(t: torch.Tensor):
+    """Autocast off: these functions cast their inputs themselves, so that the backward pass
+    (which autocast does not reach) recomputes exactly what the forward pass computed."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def _rows(t: torch.Tensor, index: torch.Tensor | None, b0: int, b1: int) -> torch.Tensor:
@@ -140,13 +162,14 @@ def _rows(t: torch.Tensor, index: torch.Tensor | None, b0: int, b1: int) -> torc
     return t[b0:b1] if index is None else t.index_select(0, index[b0:b1])
 
 
-def _add_rows(grad: torch.Tensor, index: torch.Tensor | None, b0: int, b1: int, value: torch.Tensor) -> None:
-    """grad[rows b0:b1, or those index picked] (+)= value [(b1 - b0) * heads, T, d]."""
-    value = value.view(b1 - b0, *grad.shape[1:])
+def _bmm_into_rows(grad: torch.Tensor, index: torch.Tensor | None, b0: int, b1: int, a: torch.Tensor,
+                   b: torch.Tensor) -> None:
+    """grad[rows b0:b1] = a @ b, or grad[rows index[b0:b1]] += a @ b (a context row gathered
+    twice gets both gradients); grad [M, heads, T, d], a @ b [(b1 - b0) * heads, T, d]."""
     if index is None:
-        grad[b0:b1].copy_(value)
+        torch.bmm(a, b, out=grad[b0:b1].view((b1 - b0) * grad.shape[1], *grad.shape[2:]))
     else:
-        grad.index_add_(0, index[b0:b1], value)
+        grad.index_add_(0, index[b0:b1], torch.bmm(a, b).view(b1 - b0, *grad.shape[1:]))
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor,
@@ -183,26 +206,30 @@ class _GeluDropoutLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, p: float):
         mask = _keep_mask(h.shape, p, h.device) if p > 0.0 else None
-        ctx.p = p
+        ctx.p, ctx.bias_dtype = p, (bias.dtype if bias is not None else None)
         ctx.save_for_backward(h, weight, mask)
-        return F.linear(_GeluDropoutLinear._activation(h, mask, p), weight, bias)
+        with _no_autocast(h):  # in h's dtype (under autocast: the first linear's low precision)
+            return F.linear(_GeluDropoutLinear._activation(h, mask, p), weight.to(h.dtype),
+                            bias.to(h.dtype) if bias is not None else None)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         h, weight, mask = ctx.saved_tensors
-        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_h = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            a = _GeluDropoutLinear._activation(h, mask, ctx.p)
-            grad_weight = grad_2d.t().mm(a.reshape(-1, a.shape[-1]))
-            del a
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad_2d.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_a = grad_out.matmul(weight)
-            if mask is not None:
-                grad_a = grad_a.masked_fill_(~mask, 0.0).mul_(1.0 / (1.0 - ctx.p))
-            grad_h = torch.ops.aten.gelu_backward(grad_a, h)
+        with _no_autocast(h):
+            grad_out = grad_out.to(h.dtype)
+            grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+            grad_h = grad_weight = grad_bias = None
+            if ctx.needs_input_grad[1]:
+                a = _GeluDropoutLinear._activation(h, mask, ctx.p)
+                grad_weight = grad_2d.t().mm(a.reshape(-1, a.shape[-1])).to(weight.dtype)
+                del a
+            if ctx.needs_input_grad[2]:
+                grad_bias = grad_2d.sum(0).to(ctx.bias_dtype)
+            if ctx.needs_input_grad[0]:
+                grad_a = grad_out.matmul(weight.to(h.dtype))
+                if mask is not None:
+                    grad_a = grad_a.masked_fill_(~mask, 0.0).mul_(1.0 / (1.0 - ctx.p))
+                grad_h = torch.ops.aten.gelu_backward(grad_a, h)
         return grad_h, grad_weight, grad_bias, None
 
 
