@@ -54,3 +54,32 @@ def test_epoch_lines_compare_with_the_original_and_its_allocator_variant(train_s
     ratio = est["original_s"] / est["cached_grouped_s"]
     line = [x for x in train_step.epoch_lines(est, None).splitlines() if "length-grouped" in x][0]
     assert f"({ratio:.2f}x; {ratio / 2:.2f}x vs original + allocator)" in line
+
+
+def test_runs_combine_into_medians_of_steps_and_peaks(train_step):
+    def run(cpu_steps, peak):
+        return {"impl": "original", "layers": 2, "lengths": "mix", "seconds": None, "batch_size": 16, "threads": 1,
+                "step_cpu_s_all": cpu_steps, "step_cpu_s_median": sorted(cpu_steps)[len(cpu_steps) // 2],
+                "step_s_all": cpu_steps, "step_s_median": 0.0, "peak_rss_gib": peak, "ru_maxrss_gib": peak}
+
+    one = run([3.0, 1.0], 5.0)
+    assert train_step.combine_runs([one]) is one
+    row = train_step.combine_runs([run([1.0, 2.0], 5.4), run([3.0, 10.0], 4.7), run([4.0, 5.0], 4.8)])
+    assert row["step_cpu_s_median"] == pytest.approx(3.5)  # median of the six steps
+    assert row["peak_rss_gib"] == pytest.approx(4.8) and row["peak_rss_gib_runs"] == [5.4, 4.7, 4.8]
+    assert row["runs"] == 3
+
+
+def test_log_keeps_every_run_and_old_records_are_run_zero(train_step, tmp_path):
+    import json
+
+    base = {"impl": "cached", "layers": 2, "lengths": "mix", "seconds": None, "batch_size": 16, "threads": 1,
+            "step_cpu_s_median": 1.0}
+    log = tmp_path / "log.jsonl"
+    records = [base, dict(base, run=1, step_cpu_s_median=2.0), dict(base, run=0, step_cpu_s_median=3.0),
+               {"impl": "cached", "wall_only": True}]
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    done = train_step.load_log(log)
+    runs = done[train_step.config_key(base)]
+    assert {k: r["step_cpu_s_median"] for k, r in runs.items()} == {0: 3.0, 1: 2.0}  # the last run 0 wins
+    assert len(done) == 1  # the record without step times is not comparable
