@@ -90,7 +90,7 @@ CLASS_COUNTS = (1708, 1636, 1084, 1103)  # IEMOCAP 4-class set (b): neu, hap+exc
 # original = benchmarks/original_style.py; ours = FoalNet from the waveform; cached = FoalNet from
 # the audio front-end cache (what `foalnet train` does by default)
 IMPLS = ("original", "original-keep", "ours", "cached")
-# optional extra rows (--with-checkpointing): the memory-saving configuration, the cache +
+# optional extra rows (--with-checkpointing): the checkpointing configuration, the cache +
 # activation checkpointing of the audio encoder's transformer layers
 # (model.audio_gradient_checkpointing=true) with train.keep_freed_memory=false: less memory, more time
 EXTRA_IMPLS = ("cached-ckpt",)
@@ -254,9 +254,9 @@ def build_model(impl: str, model_dir: Path):
 
 # ------------------------------------------------------------------------------ worker
 def uses_foalnet_allocator(impl: str) -> bool:
-    """Every implementation but the original as its authors run it, and the memory-saving
-    configuration (checkpointing with ``train.keep_freed_memory=false``: glibc's default malloc
-    returns freed blocks to the kernel, a lower peak for more time)."""
+    """Every implementation but the original as its authors run it, and the checkpointing
+    configuration (checkpointing with ``train.keep_freed_memory=false``: glibc's default malloc,
+    which returns large freed blocks to the kernel)."""
     return impl not in ("original", "cached-ckpt")
 
 
@@ -451,7 +451,7 @@ def epoch_lines(est: dict, fill_s_per_audio_s: float | None) -> str:
     lines = [f"epoch ({est['items']} items, {est['batches']} batches; grouping: {est['grouping']}):",
              f"  original {o / 60:.1f} min (every batch 6 s)"]
     if est.get("original_keep_s"):
-        lines.append(f"  original + foalnet's allocator setting {est['original_keep_s'] / 60:.1f} min")
+        lines.append(f"  original + foalnet's allocator settings {est['original_keep_s'] / 60:.1f} min")
     names = {"ours": "foalnet", "cached": "foalnet + audio cache"}
     for impl in est["grids_s"]:
         r, g = est[f"{impl}_random_s"], est[f"{impl}_grouped_s"]
