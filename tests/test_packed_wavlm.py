@@ -244,3 +244,10 @@ def test_config_switch_selects_the_path_and_both_give_the_same_logits():
         a = packed(waveform=wave * wave_mask, waveform_mask=wave_mask, video=video, video_mask=video_mask).logits
         b = plain(waveform=wave * wave_mask, waveform_mask=wave_mask, video=video, video_mask=video_mask).logits
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_packing_repeat_index_equals_the_repeated_masks():
+    mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
+    repeated = Packing(mask).repeat(3)
+    assert repeated.index.tolist() == Packing(mask.repeat(3, 1)).index.tolist()
+    assert repeated.index.tolist()[:3] == [0, 1, 3] and repeated.index.tolist()[3:6] == [9, 10, 12]

@@ -23,18 +23,27 @@ def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tenso
     return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)
 
 
+def _apply_keep(x: torch.Tensor, mask: torch.Tensor | None, p: float, inplace: bool = False) -> torch.Tensor:
+    """Dropout with a drawn keep mask: x where kept, scaled by 1/(1-p), zero elsewhere (the same
+    for a gradient). ``inplace`` for a temporary nothing else holds."""
+    if mask is None:
+        return x
+    kept = x.masked_fill_(~mask, 0.0) if inplace else torch.where(mask, x, 0.0)
+    return kept.mul_(1.0 / (1.0 - p))
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         mask = _keep_mask(x.shape, p, x.device)
         ctx.save_for_backward(mask)
-        ctx.scale = 1.0 / (1.0 - p)
-        return torch.where(mask, x, 0.0).mul_(ctx.scale)
+        ctx.p = p
+        return _apply_keep(x, mask, p)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad, 0.0).mul_(ctx.scale), None
+        return _apply_keep(grad, mask, ctx.p), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -199,17 +208,12 @@ class _GeluDropoutLinear(torch.autograd.Function):
     large as h) is recomputed in backward instead of being kept for the weight's gradient."""
 
     @staticmethod
-    def _activation(h: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Tensor:
-        a = F.gelu(h)
-        return a if mask is None else a.masked_fill_(~mask, 0.0).mul_(1.0 / (1.0 - p))
-
-    @staticmethod
     def forward(ctx, h, weight, bias, p: float):
         mask = _keep_mask(h.shape, p, h.device) if p > 0.0 else None
         ctx.p, ctx.bias_dtype = p, (bias.dtype if bias is not None else None)
         ctx.save_for_backward(h, weight, mask)
         with _no_autocast(h):  # in h's dtype (under autocast: the first linear's low precision)
-            return F.linear(_GeluDropoutLinear._activation(h, mask, p), weight.to(h.dtype),
+            return F.linear(_apply_keep(F.gelu(h), mask, p, inplace=True), weight.to(h.dtype),
                             bias.to(h.dtype) if bias is not None else None)
 
     @staticmethod
@@ -220,15 +224,13 @@ class _GeluDropoutLinear(torch.autograd.Function):
             grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
             grad_h = grad_weight = grad_bias = None
             if ctx.needs_input_grad[1]:
-                a = _GeluDropoutLinear._activation(h, mask, ctx.p)
+                a = _apply_keep(F.gelu(h), mask, ctx.p, inplace=True)
                 grad_weight = grad_2d.t().mm(a.reshape(-1, a.shape[-1])).to(weight.dtype)
                 del a
             if ctx.needs_input_grad[2]:
                 grad_bias = grad_2d.sum(0).to(ctx.bias_dtype)
             if ctx.needs_input_grad[0]:
-                grad_a = grad_out.matmul(weight.to(h.dtype))
-                if mask is not None:
-                    grad_a = grad_a.masked_fill_(~mask, 0.0).mul_(1.0 / (1.0 - ctx.p))
+                grad_a = _apply_keep(grad_out.matmul(weight.to(h.dtype)), mask, ctx.p, inplace=True)
                 grad_h = torch.ops.aten.gelu_backward(grad_a, h)
         return grad_h, grad_weight, grad_bias, None
 

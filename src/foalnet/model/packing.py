@@ -12,11 +12,15 @@ import torch
 class Packing:
     """Index map between a padded [B, T, ...] batch and its valid frames [N, ...] (row-major)."""
 
-    def __init__(self, mask: torch.Tensor) -> None:
+    def __init__(self, mask: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """``index``: the flat positions of ``mask``'s True entries, when already known."""
         self.mask = mask
         self.batch, self.length = mask.shape
         self.full = bool(mask.all()) and self.length > 0
-        self.index = None if self.full else mask.reshape(-1).nonzero().squeeze(1)
+        if self.full:
+            self.index = None
+        else:
+            self.index = index if index is not None else mask.reshape(-1).nonzero().squeeze(1)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         flat = padded.reshape(self.batch * self.length, *padded.shape[2:])
@@ -34,7 +38,11 @@ class Packing:
         its packed frames are ``pack(x).repeat(times, 1)``."""
         if times == 1:
             return self
-        return Packing(self.mask.repeat(times, 1))
+        index = None
+        if not self.full:  # the same positions, shifted by one batch per copy
+            offsets = torch.arange(times, device=self.index.device) * (self.batch * self.length)
+            index = (self.index[None, :] + offsets[:, None]).reshape(-1)
+        return Packing(self.mask.repeat(times, 1), index)
 
     def counts(self) -> torch.Tensor:
         """Valid frames per row, [B]."""

@@ -68,7 +68,7 @@ def resolve_accelerator(cfg: ExperimentConfig):
     from accelerate import Accelerator
 
     t = cfg.train
-    use_gpu = torch.cuda.is_available() and not t.cpu
+    use_gpu = uses_gpu(cfg)
     precision = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if use_gpu else "no")
     acc = Accelerator(
         mixed_precision=precision,
@@ -80,6 +80,11 @@ def resolve_accelerator(cfg: ExperimentConfig):
     if warning:
         logger.warning("%s", warning)
     return acc
+
+
+def uses_gpu(cfg: ExperimentConfig) -> bool:
+    """Whether training will run on a GPU (known before any tensor or Accelerator exists)."""
+    return torch.cuda.is_available() and not cfg.train.cpu
 
 
 def single_process_cpu_launch(env: Mapping[str, str]) -> str | None:
@@ -231,7 +236,7 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     if cfg.data.fold is None:
         raise ValueError("data.fold is not set: pass --fold K")
     started = time.time()
-    if cfg.train.keep_freed_memory and (cfg.train.cpu or not torch.cuda.is_available()):
+    if cfg.train.keep_freed_memory and not uses_gpu(cfg):
         cpu_memory_settings()  # before the first tensor: PyTorch reads its huge-page switch once
     acc = accelerator or resolve_accelerator(cfg)
     set_seed(cfg.train.seed)
