@@ -496,6 +496,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json",
                    help="summary JSON; every measurement is also appended to OUT with suffix .jsonl")
     p.add_argument("--fresh", action="store_true", help="ignore measurements already in the .jsonl")
+    p.add_argument("--remeasure", nargs="+", choices=IMPLS + EXTRA_IMPLS, default=[],
+                   help="measure these implementations again, reuse the others from the .jsonl "
+                        "(after a change to foalnet's code; the original does not import it)")
     p.add_argument("--workdir", type=Path, default=None, help="where to build the random checkpoints (temp)")
     # worker-only options
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -548,6 +551,7 @@ class Session:
     def __init__(self, args: argparse.Namespace, log: Path) -> None:
         self.args, self.log = args, log
         self.done = {} if args.fresh else load_log(log)
+        self.done = {key: runs for key, runs in self.done.items() if key[0] not in args.remeasure}
         self.results: list[dict] = []
 
     def measure(self, model_dir, impl: str, layers: int, lengths: str, steps: int,

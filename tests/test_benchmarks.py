@@ -83,3 +83,14 @@ def test_log_keeps_every_run_and_old_records_are_run_zero(train_step, tmp_path):
     runs = done[train_step.config_key(base)]
     assert {k: r["step_cpu_s_median"] for k, r in runs.items()} == {0: 3.0, 1: 2.0}  # the last run 0 wins
     assert len(done) == 1  # the record without step times is not comparable
+
+
+def test_remeasure_reuses_only_the_other_implementations(train_step, tmp_path):
+    import json
+
+    base = {"layers": 2, "lengths": "mix", "seconds": None, "batch_size": 16, "threads": 1, "step_cpu_s_median": 1.0}
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(dict(base, impl=impl)) + "\n" for impl in ("original", "cached", "cached-ckpt")))
+    args = train_step.parse_args(["--remeasure", "cached", "cached-ckpt"])
+    assert {key[0] for key in train_step.Session(args, log).done} == {"original"}
+    assert {key[0] for key in train_step.Session(train_step.parse_args([]), log).done} == {"original", "cached", "cached-ckpt"}

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foalnet.model.lean_ops import dropout, gated_bias_attention, gelu_dropout_linear, masked_attention
+from foalnet.model.lean_ops import (draw_keep, dropout, gated_bias_attention, gelu_dropout_linear, keep_threshold,
+                                    masked_attention)
 
 
 def _saved_bytes(fn) -> int:
@@ -32,6 +33,27 @@ def test_dropout_keeps_with_probability_1_minus_p_and_rescales():
     assert torch.allclose(y.detach()[kept], torch.tensor(1 / 0.75))
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # d(sum)/dx = mask / (1 - p)
+
+
+def test_keep_threshold_by_hand():
+    # keep iff a uniform int32 >= threshold: 2^31 - threshold of the 2^32 values are kept
+    assert keep_threshold(0.25) == -2**30  # 3/4 of the values kept
+    assert keep_threshold(0.5) == 0
+    assert keep_threshold(0.1) == 429496730 - 2**31  # round(0.1 * 2^32) values dropped
+    assert keep_threshold(1 - 2**-40) == 2**31 - 1  # int32's largest value: one in 2^32 kept
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_draw_keep_rate_and_independent_lanes(p):
+    """Every draw, even and odd positions alike (the two halves of one random word), is kept
+    with probability 1 - p, independently of its neighbour."""
+    torch.manual_seed(1)
+    keep = draw_keep(torch.empty(400_001, dtype=torch.bool), p)  # odd: the last word is half used
+    even, odd = keep[:-1:2].float(), keep[1::2].float()
+    tol = 4 * math.sqrt(p * (1 - p) / even.numel())
+    assert even.mean().item() == pytest.approx(1 - p, abs=tol)
+    assert odd.mean().item() == pytest.approx(1 - p, abs=tol)
+    assert (even * odd).mean().item() == pytest.approx((1 - p) ** 2, abs=tol)
 
 
 def test_dropout_is_identity_in_eval_and_at_p_zero():
@@ -95,7 +117,8 @@ def test_gated_bias_attention_dropout_drops_probabilities_like_the_math_path(mon
     torch.manual_seed(5)
     ours = gated_bias_attention(q, k, v, gate, position_bias, key_bias, scale, dropout_p=p)
     torch.manual_seed(5)
-    keep = torch.empty(6, 7, 7, dtype=torch.bool).bernoulli_(1 - p).view(3, 2, 7, 7)
+    # drawn slice by slice (one item: 98 draws, a whole number of 64-bit words): the same as at once
+    keep = lean_ops.draw_keep(torch.empty(6, 7, 7, dtype=torch.bool), p).view(3, 2, 7, 7)
     probs = torch.softmax(scale * q @ k.transpose(-1, -2) + gate * position_bias + key_bias, dim=-1)
     ref = (probs * keep / (1 - p)) @ v
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)

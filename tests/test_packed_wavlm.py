@@ -121,7 +121,10 @@ def test_packed_encoder_training_gradients_equal_transformers(variant):
     torch.testing.assert_close(dx, ref_dx, rtol=1e-4, atol=1e-5)
     assert set(packed_grads) == set(ref_grads)
     for name, grad in ref_grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+        # float32 rounding grows with a gradient's scale: the positional convolution's weight
+        # gradient (entries up to ~60 here) is a sum over every frame and frequency
+        atol = max(1e-5, 1e-6 * grad.abs().max().item())
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=atol, msg=name)
 
 
 def test_packed_encoder_runs_under_bf16_autocast_like_transformers():

