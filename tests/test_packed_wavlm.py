@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from foalnet.model.audio import HFAudioEncoder
-from foalnet.model.fft_conv import conv1d_fft, fft_size
+from foalnet.model.fft_conv import conv1d_fft, dft_basis, fft_size
 from foalnet.model.foalnet import FoalNet, FoalNetConfig
 from foalnet.model.packing import Packing
 from foalnet.model.wavlm_packed import packed_encoder_forward, supports_packed
@@ -83,6 +83,18 @@ def _hidden_and_mask(lengths: list[int], seed: int = 0):
     hidden = torch.randn(len(lengths), T, 64, generator=gen)
     mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
     return hidden, mask
+
+
+@pytest.mark.parametrize("n", [12, 15])  # with and without a Nyquist bin
+def test_dft_basis_matches_rfft_and_the_start_of_irfft(n):
+    gen = torch.Generator().manual_seed(0)
+    taps = 5
+    kernels = torch.randn(3, taps, generator=gen, dtype=torch.float64)
+    forward = dft_basis(n, taps, -1.0, torch.complex128, torch.device("cpu"))
+    torch.testing.assert_close(kernels.to(torch.complex128) @ forward.T, torch.fft.rfft(kernels, n=n))
+    spectrum = torch.randn(n // 2 + 1, 4, generator=gen, dtype=torch.complex128)  # any half spectrum
+    inverse = dft_basis(n, taps, +1.0, torch.complex128, torch.device("cpu"), inverse=True)
+    torch.testing.assert_close((spectrum.T @ inverse).real, torch.fft.irfft(spectrum.T, n=n)[:, :taps])
 
 
 VARIANTS = {"large-fft": (True, 128), "large-direct": (True, 16), "base-fft": (False, 128), "base-direct": (False, 16)}
