@@ -550,8 +550,8 @@ class Session:
 
     def __init__(self, args: argparse.Namespace, log: Path) -> None:
         self.args, self.log = args, log
-        self.done = {} if args.fresh else load_log(log)
-        self.done = {key: runs for key, runs in self.done.items() if key[0] not in args.remeasure}
+        logged = {} if args.fresh else load_log(log)
+        self.done = {key: runs for key, runs in logged.items() if key[0] not in args.remeasure}
         self.results: list[dict] = []
 
     def measure(self, model_dir, impl: str, layers: int, lengths: str, steps: int,

@@ -161,12 +161,14 @@ class _GatedBiasAttention(torch.autograd.Function):
             grad = grad_out[b0:b1].reshape(n, T, dv)
             if mask is not None:
                 grad = grad * ctx.keep_scale
-            kept = probs if mask is None else probs.masked_fill(~mask[rows], 0.0)
+            dropped = None if mask is None else ~mask[rows]  # one negation for both uses
+            kept = probs if dropped is None else probs.masked_fill(dropped, 0.0)
             _bmm_into_rows(grad_v, kv_index, b0, b1, kept.transpose(1, 2), grad)
             del kept
             grad_probs = torch.bmm(grad, v_rows.reshape(n, Tk, dv).transpose(1, 2))
-            if mask is not None:
-                grad_probs.masked_fill_(~mask[rows], 0.0)
+            if dropped is not None:
+                grad_probs.masked_fill_(dropped, 0.0)
+            del dropped
             grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
             del grad_probs, probs
             torch.bmm(grad_scores, k_rows.reshape(n, Tk, d), out=grad_q[rows])
