@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -309,3 +310,43 @@ def test_build_optimizer_is_fused_adamw_with_the_default_update():
             opt.step()
     for a, b in zip(fused_params, plain_params):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _process_state() -> dict:
+    """What a library must not change in its caller's process: environment and torch's globals."""
+    backends = torch.backends
+    return {
+        "environ": dict(os.environ),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "default_dtype": torch.get_default_dtype(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "grad": torch.is_grad_enabled(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "mkldnn": backends.mkldnn.enabled,
+        "cudnn": (backends.cudnn.enabled, backends.cudnn.benchmark, backends.cudnn.deterministic,
+                  backends.cudnn.allow_tf32),
+        "cuda_matmul_tf32": backends.cuda.matmul.allow_tf32,
+        "sdp": (backends.cuda.flash_sdp_enabled(), backends.cuda.mem_efficient_sdp_enabled(),
+                backends.cuda.math_sdp_enabled()),
+        "anomaly": torch.is_anomaly_enabled(),
+    }
+
+
+def test_default_run_changes_nothing_process_wide(data_dir, tmp_path):
+    """``foalnet train`` (in-process, default settings) leaves os.environ and torch's global flags
+    as it found them: no allocator, thread or backend setting leaks into the caller.
+
+    Two dependencies write os.environ when first imported, whoever imports them: scikit-learn
+    (``KMP_DUPLICATE_LIB_OK``, ``KMP_INIT_AT_FORK``, setdefault) and torch._dynamo, which every
+    ``torch.optim`` optimiser imports (``TORCHINDUCTOR_CACHE_DIR``). They are imported first, so
+    what is compared is what foalnet's own code does."""
+    import sklearn  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+    before = _process_state()
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(tmp_path / "run"), *FAST,
+                 "--set", "train.epochs=1", "--set", "train.max_steps=2"]) == 0
+    after = _process_state()
+    assert after["environ"] == before["environ"]
+    assert after == before

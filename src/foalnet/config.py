@@ -83,7 +83,6 @@ class TrainConfig:
     keep_checkpoints: int = 1  # resumable checkpoints kept on disk
     nan_patience: int = 5  # consecutive non-finite losses tolerated before the run stops
     cpu: bool = False  # force CPU even when a GPU is present
-    keep_freed_memory: bool = True  # CPU runs: malloc reuses freed blocks, huge pages for tensors (train/allocator.py)
     max_steps: int = 0  # stop after N steps in total (debug/tests); 0 = no limit
 
     def __post_init__(self) -> None:
@@ -236,7 +235,12 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+# Fields removed since; ignored when an older run's config.yaml is read (e.g. to resume it).
+REMOVED_FIELDS = {"train": ("keep_freed_memory",)}
+
+
 def _build(cls: type, raw: dict, section: str) -> Any:
+    raw = {k: v for k, v in raw.items() if k not in REMOVED_FIELDS.get(section, ())}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:

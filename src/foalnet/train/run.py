@@ -28,7 +28,6 @@ import torch
 
 from foalnet.config import ExperimentConfig
 from foalnet.data.files import write_text_atomic
-from foalnet.train.allocator import cpu_memory_settings, release_freed_memory
 from foalnet.train.checkpoint import (
     TrainerState,
     find_latest,
@@ -236,8 +235,6 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     if cfg.data.fold is None:
         raise ValueError("data.fold is not set: pass --fold K")
     started = time.time()
-    if cfg.train.keep_freed_memory and not uses_gpu(cfg):
-        cpu_memory_settings()  # before the first tensor: PyTorch reads its huge-page switch once
     acc = accelerator or resolve_accelerator(cfg)
     set_seed(cfg.train.seed)
     fold = load_fold(cfg)
@@ -253,8 +250,6 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     set_seed(cfg.train.seed)  # model init independent of what the data code drew
     model = FoalNet(cfg.model).to(acc.device)
     audio_store, audio_failed = prepare_audio_cache(cfg, fold, model, acc)
-    if acc.device.type == "cpu":
-        release_freed_memory()  # the cache fill's scratch memory, before training's first peak
     sampler, train_loader, dev_loader, test_loader = make_loaders(cfg, fold, acc.num_processes,
                                                                   audio_store, audio_failed)
     t = cfg.train
