@@ -202,7 +202,8 @@ def test_corrupt_feature_and_audio_are_skipped_reported_and_counted(data_dir, tm
     # cv over that (already complete, so not re-run) fold: exit 1 too, rejections gathered
     cv = tmp_path / "cv"
     shutil.copytree(run, cv / "fold3")
-    assert main(["cv", str(data), "--out", str(cv), *FAST, "--folds", "3"]) == 1
+    assert main(["cv", str(data), "--out", str(cv), *FAST, "--set", "train.epochs=1",
+                 "--folds", "3"]) == 1  # the run's own settings: other ones are refused
     assert "exit status 1" in capsys.readouterr().out.strip().splitlines()[-1]
     gathered = [json.loads(x) for x in (cv / "rejected.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in gathered) == sorted(r["id"] for r in rejected)

@@ -23,6 +23,8 @@ ROWS: dict[str, tuple[str, bool, bool, float, float]] = {
     "baseline+mem": ("av", False, True, 78.10, 76.94),
     "full": ("av", True, True, 80.10, 79.45),
 }
+# the config fields each row sets (row_config): giving them to ablate would be ignored
+ROW_FIELDS = ("model.modality", "model.use_avel", "model.use_mem")
 PAPER_NOTE = ("Paper: IEMOCAP, WavLM-Large + CLIP ViT-L/14 whole image, best epoch selected on the "
               "test session (Li et al., Interspeech 2024, Table 2).")
 

@@ -46,6 +46,8 @@ def run_cv(cfg: ExperimentConfig, cv_dir: str | Path, folds: list[int] | None = 
     unknown = sorted(set(folds) - set(available))
     if unknown:
         raise ValueError(f"folds {unknown} are not in the manifest (folds: {available})")
+    for fold in folds:  # refuse before any training: never mix settings in one folder
+        check_same_config(cv_dir / f"fold{fold}", replace(cfg, data=replace(cfg.data, fold=fold)))
     summaries = {}
     for fold in folds:
         fold_dir = cv_dir / f"fold{fold}"
@@ -56,14 +58,17 @@ def run_cv(cfg: ExperimentConfig, cv_dir: str | Path, folds: list[int] | None = 
         fold_cfg = replace(cfg, data=replace(cfg.data, fold=fold))
         resume = (fold_dir / "checkpoints").is_dir()
         summaries[fold] = train_fold(fold_cfg, fold_dir, resume=resume, accelerator=accelerator)
-    summary = summarize(summaries, cfg)
+    summary = summarize(summaries, cfg, rejected_rows(cv_dir, folds))
     if accelerator.is_main_process:
         write_cv_outputs(cv_dir, summary, title or f"cross-validation ({cfg.model.modality})")
     return summary
 
 
-def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig) -> dict:
-    """Mean +- sample std per metric over folds, pooled confusion and its metrics."""
+def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[dict]) -> dict:
+    """Mean +- sample std per metric over folds, pooled confusion and its metrics.
+
+    ``rejected``: the folds' rejected.jsonl entries; an unreadable file fails in every fold that
+    reads it, so ``skipped_items`` counts distinct ids (``skipped_per_fold`` keeps the rest)."""
     folds = sorted(per_fold)
     out: dict = {"folds": folds}
     for key in METRICS:
@@ -77,7 +82,8 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig) -> dict:
         "leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the training "
         "folds; test fold untouched during selection")
     out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
-    out["skipped_items"] = int(sum(per_fold[k].get("skipped_items", 0) for k in folds))
+    out["skipped_items"] = len({r["id"] for r in rejected})
+    out["skipped_per_fold"] = [int(per_fold[k].get("skipped_items", 0)) for k in folds]
     out["data_dir"] = cfg.data.data_dir
     out["corpus"] = _corpus_name(cfg.data.data_dir)
     out["modality"] = cfg.model.modality
@@ -103,15 +109,67 @@ def write_cv_outputs(cv_dir: Path, summary: dict, title: str) -> None:
     write_text_atomic(cv_dir / "rejected.jsonl", collect_rejected(cv_dir, summary["folds"]))
 
 
+def rejected_rows(cv_dir: Path, folds: list[int]) -> list[dict]:
+    """Every fold's rejected.jsonl entries, each tagged with its fold (an item may recur)."""
+    rows = []
+    for fold in folds:
+        path = Path(cv_dir) / f"fold{fold}" / "rejected.jsonl"
+        if path.is_file():
+            rows += [{"fold": fold, **json.loads(line)}
+                     for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
 def collect_rejected(cv_dir: Path, folds: list[int]) -> str:
     """Every fold's rejected.jsonl lines, each tagged with its fold (one list per output folder)."""
-    lines = []
-    for fold in folds:
-        path = cv_dir / f"fold{fold}" / "rejected.jsonl"
-        if path.is_file():
-            lines += [json.dumps({"fold": fold, **json.loads(line)})
-                      for line in path.read_text().splitlines() if line.strip()]
-    return "".join(line + "\n" for line in lines)
+    return "".join(json.dumps(row) + "\n" for row in rejected_rows(cv_dir, folds))
+
+
+def rejected_ids(cv_dir: Path) -> set[str]:
+    """Distinct item ids in a CV folder's gathered rejected.jsonl (one id per item, not per fold)."""
+    path = Path(cv_dir) / "rejected.jsonl"
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
+
+
+# model fields train_fold fills in from the data (labels, visual store), not the user's settings
+FROM_DATA = ("model.labels", "model.video_dim", "model.visual_encoder", "model.visual_settings")
+
+
+def flat_config(raw: dict, prefix: str = "") -> dict:
+    """``{"train.lr": 3e-3, ...}``: dotted keys, so a difference names the exact field."""
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict, wanted: dict) -> list[str]:
+    """``key: saved -> wanted`` for every setting that differs, except the ``FROM_DATA`` fields."""
+    a, b = flat_config(saved), flat_config(wanted)
+    keys = sorted(k for k in set(a) | set(b)
+                  if not k.startswith(FROM_DATA) and a.get(k, "<unset>") != b.get(k, "<unset>"))
+    return [f"{k}: {a.get(k, '<unset>')!r} there, {b.get(k, '<unset>')!r} now" for k in keys]
+
+
+def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Raise ValueError naming the differing keys when ``run_dir`` holds a run of other settings.
+
+    Resuming or reusing a fold trained with another config would report its numbers under the
+    new config's labels; a folder without config.yaml has nothing to mix and passes."""
+    from foalnet.train.run import CONFIG_FILE
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return
+    diffs = config_differences(ExperimentConfig.load_yaml(path).to_dict(), cfg.to_dict())
+    if diffs:
+        raise ValueError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}): "
+                         "resume only with the same config, or choose a new --out")
 
 
 def report_markdown(summary: dict, title: str) -> str:
@@ -127,5 +185,6 @@ def report_markdown(summary: dict, title: str) -> str:
     pooled = summary["pooled"]
     lines += ["", f"Pooled over folds: UA {100 * pooled['ua']:.2f} %, WA {100 * pooled['wa']:.2f} %, "
               f"macro-F1 {100 * pooled['macro_f1']:.2f} % (n = {pooled['n']}). "
-              f"Items skipped as unreadable: {summary['skipped_items']}.", ""]
+              f"Items skipped as unreadable: {summary['skipped_items']} distinct "
+              f"(per fold: {summary.get('skipped_per_fold')}).", ""]
     return "\n".join(lines)

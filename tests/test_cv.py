@@ -1,0 +1,125 @@
+"""`foalnet cv` / `ablate` / `train --resume`: no results of other settings reused, options that
+do not apply refused, a rejected file counted once however many folds read it (issue 14)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from foalnet.cli import main
+
+# tiny preset, audio only (no visual features needed), one short epoch per fold
+FAST = ["--preset", "tiny", "--modality", "audio", "--set", "train.batch_size=4",
+        "--set", "train.eval_batch_size=8", "--set", "train.epochs=1"]
+
+
+def _errors(caplog) -> str:
+    return " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+@pytest.fixture(scope="module")
+def audio_data(prepared_dir, tmp_path_factory) -> Path:
+    """A private copy of the prepared DATA_DIR (cv writes its audio cache there)."""
+    dest = tmp_path_factory.mktemp("cv") / "data"
+    shutil.copytree(prepared_dir, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def cv_one_fold(audio_data, tmp_path_factory) -> Path:
+    """CV_DIR with fold 1 complete under FAST settings."""
+    out = tmp_path_factory.mktemp("cvrun") / "cv"
+    assert main(["cv", str(audio_data), "--out", str(out), *FAST, "--folds", "1"]) == 0
+    return out
+
+
+def test_cv_rerun_with_other_settings_is_refused_naming_the_keys(audio_data, cv_one_fold, caplog):
+    before = (cv_one_fold / "summary.json").read_text()
+    stamp = (cv_one_fold / "fold1" / "summary.json").stat().st_mtime_ns
+    assert main(["cv", str(audio_data), "--out", str(cv_one_fold), *FAST, "--folds", "1",
+                 "--set", "train.lr=0.01"]) == 2
+    message = _errors(caplog)
+    assert "train.lr: 0.003 there, 0.01 now" in message and "fold1" in message
+    caplog.clear()
+    # other modality (the issue's case: "av" written over audio-only results)
+    assert main(["cv", str(audio_data), "--out", str(cv_one_fold), "--preset", "tiny",
+                 "--folds", "1", "--set", "train.epochs=1"]) == 2
+    message = _errors(caplog)
+    assert "model.modality: 'audio' there, 'av' now" in message
+    assert "train.batch_size: 4 there, 16 now" in message
+    # nothing was rewritten under the new settings' labels
+    assert (cv_one_fold / "summary.json").read_text() == before
+    assert (cv_one_fold / "fold1" / "summary.json").stat().st_mtime_ns == stamp
+    # the same settings reuse the completed fold
+    assert main(["cv", str(audio_data), "--out", str(cv_one_fold), *FAST, "--folds", "1"]) == 0
+    assert (cv_one_fold / "fold1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_fold_is_not_resumed_with_other_settings(audio_data, cv_one_fold, tmp_path, caplog):
+    """A fold with checkpoints but no summary was resumed with ITS saved config, whatever the
+    new flags said; now other flags are refused."""
+    cv = tmp_path / "cv"
+    shutil.copytree(cv_one_fold, cv)
+    (cv / "fold1" / "summary.json").unlink()
+    assert (cv / "fold1" / "checkpoints").is_dir()
+    assert main(["cv", str(audio_data), "--out", str(cv), *FAST, "--folds", "1",
+                 "--set", "train.seed=7"]) == 2
+    assert "train.seed: 1234 there, 7 now" in _errors(caplog)
+    assert not (cv / "fold1" / "summary.json").exists()
+
+
+def test_ablate_refuses_modality_and_row_fields(audio_data, tmp_path, caplog):
+    out = tmp_path / "abl"
+    base = ["ablate", str(audio_data), "--out", str(out), "--preset", "tiny", "--rows", "baseline",
+            "--folds", "1"]
+    assert main([*base, "--modality", "audio"]) == 2
+    assert "--modality audio does not apply to ablate" in _errors(caplog)
+    caplog.clear()
+    assert main([*base, "--set", "model.use_mem=true"]) == 2
+    assert "--set model.use_mem does not apply to ablate" in _errors(caplog)
+    assert not out.exists()
+    caplog.clear()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", "model.modality=audio"]) == 2
+    assert "--set model.modality does not apply" in _errors(caplog)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_train_resume_refuses_settings_it_would_ignore(audio_data, cv_one_fold, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(cv_one_fold / "fold1", run)
+    (run / "summary.json").unlink()
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=5"]) == 2
+    assert "--set: not applicable to --resume RUN_DIR" in _errors(caplog)
+    caplog.clear()
+    assert main(["train", str(run), "--resume", "--preset", "paper"]) == 2
+    assert "--preset: not applicable" in _errors(caplog)
+    caplog.clear()
+    # resuming into --out with flags that resolve to another config
+    assert main(["train", str(audio_data), "--fold", "1", "--out", str(run), *FAST,
+                 "--set", "train.epochs=3", "--resume"]) == 2
+    assert "train.epochs: 1 there, 3 now" in _errors(caplog)
+    assert not (run / "summary.json").exists()
+
+
+def test_a_file_emptied_after_prepare_counts_once_over_folds(prepared_dir, tmp_path, capsys):
+    from foalnet.data.manifest import read_manifest
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared_dir, data)
+    bad = next(r for r in read_manifest(data) if r["fold"] == 1)  # test in fold 1, train in 2
+    empty = tmp_path / "emptied.wav"
+    empty.write_bytes(b"")
+    text = (data / "manifest.jsonl").read_text()
+    (data / "manifest.jsonl").write_text(text.replace(json.dumps(bad["wav"]), json.dumps(str(empty))))
+
+    out = tmp_path / "cv"
+    assert main(["cv", str(data), "--out", str(out), *FAST, "--folds", "1,2"]) == 1
+    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "but 1 item(s) were rejected" in closing
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_items"] == 1 and summary["skipped_per_fold"] == [1, 1]
+    gathered = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["fold"], r["id"]) for r in gathered] == [(1, bad["id"]), (2, bad["id"])]
+    assert "1 distinct (per fold: [1, 1])" in (out / "report.md").read_text()
