@@ -1,5 +1,6 @@
 """Kill-and-resume: a run stopped mid-epoch (in-process, or SIGKILL) ends with EXACTLY the same
-test metrics, predictions and weights as an uninterrupted run; checkpoints are atomic."""
+test metrics, predictions and weights as an uninterrupted run; checkpoints are atomic, at most the
+latest one is on disk while training, and none once the run is complete."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ from foalnet.train.loop import Hooks
 from test_train import make_visual_data  # noqa: E402  (tests/ is on sys.path)
 
 SETTINGS = ["train.epochs=2", "train.batch_size=4", "train.eval_batch_size=8",
-            "train.checkpoint_every=2", "train.select_metric=loss"]
+            "train.checkpoint_every=2", "train.select_metric=loss",
+            "train.save_last=true"]  # last/: the final weights, compared bit for bit
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,8 +95,20 @@ def test_stop_mid_epoch_then_resume_is_exact(data_dir, reference, tmp_path):
         train_fold(_cfg(data_dir), run, hooks=_KillAt(step=_mid_second_epoch(data_dir)))
     latest = find_latest(run / "checkpoints")
     assert latest is not None and not (run / "summary.json").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name != POINTER] == [latest.name]
     train_fold(_cfg(data_dir), run, resume=True)
     _assert_same_run(reference, run)
+    assert not (run / "checkpoints").exists()  # complete: removed
+
+
+def test_resume_of_a_complete_run_trains_nothing(data_dir, reference):
+    from foalnet.train.run import train_fold
+
+    assert not (reference / "checkpoints").exists()
+    stamp = (reference / "summary.json").stat().st_mtime_ns
+    summary = train_fold(_cfg(data_dir), reference, resume=True)
+    assert summary == json.loads((reference / "summary.json").read_text())
+    assert (reference / "summary.json").stat().st_mtime_ns == stamp
 
 
 def _mid_second_epoch(data_dir: Path) -> int:
@@ -127,6 +141,7 @@ def test_sigkill_at_any_moment_then_resume_is_exact(data_dir, reference, tmp_pat
 
     assert main(["train", "--resume", str(run)]) == 0
     _assert_same_run(reference, run)
+    assert not (run / "checkpoints").exists()
 
 
 def test_incomplete_checkpoints_are_never_loaded(tmp_path):

@@ -131,8 +131,10 @@ def test_two_epoch_smoke_run_writes_every_output(data_dir, tmp_path):
     assert main(["train", str(data_dir), "--fold", "1", "--out", str(run), *FAST,
                  "--set", "train.epochs=2"]) == 0
     for name in ("config.yaml", "labels.txt", "metrics.csv", "predictions.csv", "confusion.png",
-                 "summary.json", "rejected.jsonl", "best/config.json", "last/model.safetensors"):
+                 "summary.json", "rejected.jsonl", "best/config.json", "best/model.safetensors"):
         assert (run / name).is_file(), name
+    # by default a complete run keeps best/ only: no last/, and its checkpoints are removed
+    assert not (run / "last").exists() and not (run / "checkpoints").exists()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     config_text = (run / "config.yaml").read_text()
     assert "git:" in config_text and "torch:" in config_text
@@ -151,12 +153,30 @@ def test_two_epoch_smoke_run_writes_every_output(data_dir, tmp_path):
         assert sum(float(row[f"p_{lab}"]) for lab in labels) == pytest.approx(1.0, abs=1e-4)
     # both model folders load, and record how the visual features were made
     store = VisualFeatureStore.open(data_dir)
-    for name in ("best", "last"):
-        model = FoalNet.from_pretrained(run / name)
-        assert model.labels == labels
-        assert model.config.visual_encoder == "tiny" and model.config.video_dim == store.dim
+    model = FoalNet.from_pretrained(run / "best")
+    assert model.labels == labels
+    assert model.config.visual_encoder == "tiny" and model.config.video_dim == store.dim
     # the selected weights are the ones in best/: re-evaluating them reproduces the test UA
     assert summary["test"]["n"] == len(preds)
+
+
+def test_last_and_checkpoints_are_kept_when_asked(data_dir, tmp_path):
+    from foalnet.model.foalnet import FoalNet
+    from foalnet.train.checkpoint import find_latest
+
+    run = tmp_path / "run"
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(run), *FAST, "--set", "train.epochs=2",
+                 "--set", "train.checkpoint_every=2", "--save-last", "--keep-checkpoints", "1"]) == 0
+    assert FoalNet.from_pretrained(run / "last").labels == (run / "labels.txt").read_text().split()
+    kept = [p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")]
+    assert sorted(kept) == ["e0002-s000000", "latest"]  # the latest one only
+    assert find_latest(run / "checkpoints").name == "e0002-s000000"
+    with_set = tmp_path / "set"
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(with_set), *FAST, "--set", "train.epochs=1",
+                 "--set", "train.save_last=true", "--set", "train.keep_checkpoints=2"]) == 0
+    assert (with_set / "last" / "model.safetensors").is_file() and find_latest(with_set / "checkpoints")
+    assert main(["train", str(data_dir), "--fold", "1", "--out", str(tmp_path / "bad"), *FAST,
+                 "--keep-checkpoints", "-1"]) == 2
 
 
 def test_select_on_test_is_labelled_everywhere(data_dir, tmp_path):

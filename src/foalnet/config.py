@@ -80,7 +80,8 @@ class TrainConfig:
     select_metric: str = "ua"  # dev metric that picks the best epoch (loss: lowest)
     eval_batch_size: int = 0  # batch size for dev/test; 0 = batch_size
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = end of epoch only
-    keep_checkpoints: int = 1  # resumable checkpoints kept on disk
+    keep_checkpoints: int = 0  # checkpoints kept when the run completes (the latest N; 0 = none); while training the latest max(N, 1)
+    save_last: bool = False  # also write last/ (the weights after the final epoch); best/ is always written
     nan_patience: int = 5  # consecutive non-finite losses tolerated before the run stops
     cpu: bool = False  # force CPU even when a GPU is present
     max_steps: int = 0  # stop after N steps in total (debug/tests); 0 = no limit
@@ -93,10 +94,10 @@ class TrainConfig:
             problems.append(f"weight_decay={self.weight_decay} must be >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"betas={self.betas} must be two values in [0, 1)")
-        for name in ("batch_size", "epochs", "grad_accum", "keep_checkpoints", "nan_patience"):
+        for name in ("batch_size", "epochs", "grad_accum", "nan_patience"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("eval_batch_size", "checkpoint_every", "max_steps"):
+        for name in ("eval_batch_size", "checkpoint_every", "keep_checkpoints", "max_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
         if self.max_grad_norm < 0:

@@ -7,6 +7,9 @@ skipped items). It is written under a temporary name and renamed into place (``o
 only then does the ``latest`` pointer move (temp file + ``os.replace``). A kill at any moment
 therefore leaves either the previous complete checkpoint or the new one, never a half-written
 folder that ``--resume`` would load: temporary folders are ignored and cleaned up later.
+While a new checkpoint is written the previous one stays, so the disk briefly holds two; once the
+run is complete (summary.json written) ``finish_checkpoints`` removes them (``train.keep_checkpoints``
+keeps the latest N).
 """
 from __future__ import annotations
 
@@ -97,6 +100,17 @@ def _prune(ckpt_root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for leftover in ckpt_root.glob(".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def finish_checkpoints(ckpt_root: Path, keep: int) -> None:
+    """A completed run keeps its latest ``keep`` checkpoints; 0 removes the folder (main process)."""
+    ckpt_root = Path(ckpt_root)
+    if not ckpt_root.is_dir():
+        return
+    if keep == 0:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    else:
+        _prune(ckpt_root, keep)
 
 
 def find_latest(ckpt_root: Path) -> Path | None:

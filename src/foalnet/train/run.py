@@ -1,7 +1,8 @@
 """One training run (one fold): data + model + optimiser -> Engine -> test report in RUN_DIR.
 
-RUN_DIR layout: config.yaml (resolved + git hash + package versions), labels.txt, best/ and
-last/ (``FoalNet.save_pretrained`` folders), metrics.csv + tensorboard/, checkpoints/,
+RUN_DIR layout: config.yaml (resolved + git hash + package versions), labels.txt, best/ (and
+last/ with ``train.save_last``: ``FoalNet.save_pretrained`` folders), metrics.csv + tensorboard/,
+checkpoints/ (while training; removed when the run completes unless ``train.keep_checkpoints``),
 predictions.csv (test items, per-class probabilities), confusion.png, rejected.jsonl (items
 skipped as unreadable), summary.json (written last: its presence means the run is complete).
 
@@ -31,6 +32,7 @@ from foalnet.data.files import write_text_atomic
 from foalnet.train.checkpoint import (
     TrainerState,
     find_latest,
+    finish_checkpoints,
     load_checkpoint,
     recover_model_dir,
 )
@@ -229,6 +231,11 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     if resume and (run_dir / CONFIG_FILE).is_file():
         cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
     cfg.check_complete()
+    if resume and is_complete(run_dir):  # nothing to train: report the finished run
+        if os.environ.get("RANK", "0") == "0":  # a kill after summary.json may have left these
+            finish_checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+        logger.info("%s is already complete (%s): nothing to resume", run_dir, SUMMARY_FILE)
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
     if not resume and ((run_dir / "checkpoints").is_dir() or is_complete(run_dir)):
         raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, "
                          "or choose a new --out")
@@ -275,6 +282,9 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
                                    time.time() - started)
     finally:
         engine.close()
+    if acc.is_main_process:  # complete (summary.json written): the checkpoints are not needed
+        finish_checkpoints(run_dir / "checkpoints", t.keep_checkpoints)
+    acc.wait_for_everyone()
     acc.free_memory(model, optimizer, scheduler)
     return summary
 
