@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from collections import defaultdict
@@ -189,7 +190,8 @@ def test_prepare_csv_session_column_gives_folds_and_rerun_keeps_status(tmp_path:
         sf.write(tmp_path / name, np.full(8000, 0.1, np.float32), 16000)
     (tmp_path / "l.csv").write_text("path,label,speaker,session\n"
                                     "a.wav,x,s1,3\nb.wav,y,s2,7\nc.wav,x,s1,3\nmissing.wav,y,s2,7\n")
-    args = ["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "d")]
+    # --labels: each class is in one session only, kept because listed (else rejected: thin)
+    args = ["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "d"), "--labels", "x,y"]
     assert main(args) == 1
     assert {r["id"]: r["fold"] for r in read_manifest(tmp_path / "d")} == {"a": 3, "b": 7, "c": 3}
     assert read_prepare_meta(tmp_path / "d")["labels"] == ["x", "y"]
@@ -199,14 +201,17 @@ def test_prepare_csv_session_column_gives_folds_and_rerun_keeps_status(tmp_path:
 def test_prepare_csv_iemocap_names_keep_the_paper_logit_order(tmp_path: Path):
     """Labels neu/hap/sad/ang in any row order -> prepare.json labels neu, hap, sad, ang (the
     paper's and import-reference's order), not alphabetical; a subset keeps that order."""
-    for name in ("a.wav", "b.wav", "c.wav", "d.wav"):
-        sf.write(tmp_path / name, np.full(8000, 0.1, np.float32), 16000)
-    (tmp_path / "l.csv").write_text("path,label,speaker\na.wav,sad,s1\nb.wav,ang,s2\n"
-                                    "c.wav,neu,s3\nd.wav,hap,s4\n")
+    for name in ("a", "b", "c", "d", "e", "f", "g", "h"):
+        sf.write(tmp_path / f"{name}.wav", np.full(8000, 0.1, np.float32), 16000)
+    # two speakers -> two folds, every class in both (so every training fold has it)
+    (tmp_path / "l.csv").write_text("path,label,speaker\na.wav,sad,s1\nb.wav,ang,s1\n"
+                                    "c.wav,neu,s1\nd.wav,hap,s1\ne.wav,hap,s2\nf.wav,neu,s2\n"
+                                    "g.wav,ang,s2\nh.wav,sad,s2\n")
     assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "d"),
                  "--folds", "2"]) == 0
     assert read_prepare_meta(tmp_path / "d")["labels"] == ["neu", "hap", "sad", "ang"]
-    (tmp_path / "l2.csv").write_text("path,label,speaker\na.wav,sad,s1\nb.wav,ang,s2\n")
+    (tmp_path / "l2.csv").write_text("path,label,speaker\na.wav,sad,s1\nb.wav,ang,s1\n"
+                                     "g.wav,ang,s2\nh.wav,sad,s2\n")
     assert main(["prepare", "csv", str(tmp_path / "l2.csv"), "--out", str(tmp_path / "d2"),
                  "--folds", "2"]) == 0
     assert read_prepare_meta(tmp_path / "d2")["labels"] == ["sad", "ang"]
@@ -224,3 +229,91 @@ def test_write_text_atomic_replaces_whole_or_not_at_all(tmp_path: Path):
     with pytest.raises(TypeError):
         write_text_atomic(path, b"not text")  # type: ignore[arg-type]
     assert path.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["manifest.jsonl"]
+
+
+def _wavs(root: Path, *names: str) -> None:
+    for name in names:
+        sf.write(root / name, np.full(16000, 0.1, np.float32), 16000)
+
+
+def test_prepare_csv_rejects_empty_speaker_and_repeated_audio_per_row(tmp_path: Path):
+    """Issue 14: an empty speaker was accepted as speaker "", and one wav under a second id
+    landed in a training and a test fold. Both are rejected per row, naming file and line."""
+    _wavs(tmp_path, "a.wav", "b.wav", "c.wav", "d.wav", "long.wav")
+    (tmp_path / "l.csv").write_text(
+        "path,label,speaker,id,start,end\n"
+        "a.wav,x,s1,,,\nb.wav,y,s1,,,\nc.wav,x,s2,,,\nd.wav,y,s2,,,\n"
+        "a.wav,x,s3,a_again,,\n"          # line 6: the same file as line 2, under another id
+        "b.wav,y,,,,\n"                   # line 7: empty speaker (and b.wav again)
+        "long.wav,x,s3,p1,0.0,0.5\n"      # line 8
+        "long.wav,y,s4,p2,0.5,1.0\n"      # line 9: another span of the same file: distinct
+        "long.wav,x,s4,p3,0.2,0.6\n")     # line 10: overlaps line 8
+    out = tmp_path / "d"
+    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", out.as_posix(),
+                 "--folds", "2", "--labels", "x,y"]) == 1
+    rejected = {r["id"]: r["reason"] for r in read_rejected(out)}
+    assert set(rejected) == {"a_again", "b_7", "p3"}
+    assert rejected["a_again"].startswith("l.csv:6: same audio as item 'a' at l.csv:2")
+    assert rejected["b_7"].startswith("l.csv:7: empty speaker")
+    assert rejected["p3"].startswith("l.csv:10: same audio as item 'p1' at l.csv:8")
+    wavs = [(r["wav"], r["audio_start"]) for r in read_manifest(out)]
+    assert len(wavs) == len(set(wavs)) == 6 and all(r["speaker"] for r in read_manifest(out))
+
+
+def test_same_audio_under_two_ids_is_rejected_for_scp_and_refused_in_a_manifest(
+        prepared_dir: Path, tmp_path: Path):
+    from foalnet.data.manifest import ManifestError, save_preparation
+
+    records = read_manifest(prepared_dir)
+    first, second = records[0], records[1]
+    (tmp_path / "a.scp").write_text(
+        f"{first['id']} {first['wav']} {first['label']}\n"
+        f"{second['id']} {second['wav']} {second['label']}\n"
+        f"copy_of_first {first['wav']} {first['label']}\n"       # same wav, new id: rejected
+        f"{second['id']} {second['wav']} {second['label']}\n"    # exact repeat: one item
+        f"{second['id']} {first['wav']} {second['label']}\n")    # same id, other wav: conflict
+    out = tmp_path / "data"
+    assert main(["prepare", "scp", str(tmp_path / "a.scp"), "--out", str(out)]) == 1
+    rejected = {r["id"]: r["reason"] for r in read_rejected(out)}
+    assert set(rejected) == {"copy_of_first", f"a.scp:{second['id']}"}
+    assert f"same audio as item {first['id']!r}" in rejected["copy_of_first"]
+    assert "listed again with another wav" in rejected[f"a.scp:{second['id']}"]
+    assert sorted(r["id"] for r in read_manifest(out)) == sorted([first["id"], second["id"]])
+    # the contract itself: a manifest with one audio twice is never written
+    twin = dict(second, wav=first["wav"])
+    with pytest.raises(ManifestError, match="hold the same audio"):
+        save_preparation(tmp_path / "x", "scp", None, ["neu"], [first, twin], [], {})
+
+
+def test_prepare_csv_without_labels_rejects_classes_missing_from_a_training_fold(
+        tmp_path: Path, caplog):
+    """Issue 14: `calm` with one clip silently became a fifth class and made the logit order
+    alphabetical. Without --labels it is rejected (it cannot be in every training fold), the
+    order stays the paper's, and the class set is printed with counts."""
+    caplog.set_level(logging.INFO)
+    rows = ["path,label,speaker"]
+    for spk in range(4):
+        for label in ("neu", "hap", "sad", "ang"):
+            name = f"{label}{spk}.wav"
+            _wavs(tmp_path, name)
+            rows.append(f"{name},{label},s{spk}")
+    _wavs(tmp_path, "calm.wav")
+    rows.append("calm.wav,calm,s0")  # line 18
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "d"
+    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(out), "--folds", "2"]) == 1
+    [rej] = read_rejected(out)
+    assert rej["id"] == "calm" and rej["reason"].startswith(
+        "l.csv:18: class 'calm' has 1 item(s), all in fold(s) [1]")
+    assert "--labels" in rej["reason"]
+    assert read_prepare_meta(out)["labels"] == ["neu", "hap", "sad", "ang"]
+    assert "classes in logit order (no --labels: IEMOCAP names in the paper's order" in caplog.text
+    assert "0=neu (4), 1=hap (4), 2=sad (4), 3=ang (4)" in caplog.text
+    # listed in --labels it is the user's choice: kept, with a warning and the given order
+    caplog.clear()
+    out2 = tmp_path / "d2"
+    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(out2), "--folds", "2",
+                 "--labels", "neu,hap,sad,ang,calm"]) == 0
+    assert read_prepare_meta(out2)["counts"]["labels"]["calm"] == 1
+    assert "class 'calm' is in fold(s) [1] only" in caplog.text
+    assert "4=calm (1)" in caplog.text

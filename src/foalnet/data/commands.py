@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from foalnet.data.manifest import (ManifestError, existing_preparation, read_rejected,
-                                   report_rejections, save_preparation)
+                                   reject_same_audio, report_rejections, save_preparation)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ def run_prepare(args: argparse.Namespace) -> int:
                          "use --force to redo", args.out, meta["counts"]["total"], meta["rejected"])
                 return 1 if read_rejected(args.out) else 0
         prepared = module.build(args)
+        # every corpus: no audio twice (csv already rejects repeats per row, naming the rows)
+        prepared.records, repeats = reject_same_audio(prepared.records)
+        prepared.rejections.extend(repeats)
         meta = save_preparation(args.out, prepared.corpus, prepared.classes, prepared.labels,
                                 prepared.records, prepared.rejections, options)
     except (ManifestError, ValueError, FileNotFoundError) as err:

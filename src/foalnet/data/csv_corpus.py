@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from foalnet.data.audio import SPAN_TOLERANCE, AudioError, audio_info
-from foalnet.data.manifest import Prepared, Rejection, make_record
+from foalnet.data.manifest import Prepared, Rejection, make_record, reject_same_audio
 from foalnet.data.protocol import IEMOCAP_LABELS, speaker_folds
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,17 @@ def _row_id(row: dict, index: int, used: set[str]) -> str:
     return utt_id
 
 
-def _row_record(row: dict, utt_id: str, root: Path, labels: list[str]) -> dict:
-    """One manifest record, or ValueError/AudioError explaining why the row is unusable."""
-    if row["label"] not in labels:
+def _row_record(row: dict, utt_id: str, root: Path, labels: list[str] | None) -> dict:
+    """One manifest record, or ValueError/AudioError explaining why the row is unusable.
+
+    ``labels`` None: any non-empty label (the class set is then decided from the kept rows)."""
+    if not row["label"]:
+        raise ValueError("empty label")
+    if labels is not None and row["label"] not in labels:
         raise ValueError(f"label {row['label']!r} outside the set {labels}")
+    if not row["speaker"]:
+        raise ValueError("empty speaker: folds and the dev split keep speakers apart, so every "
+                         "row needs its speaker id")
     media = (root / row["path"]).resolve()
     start = _float_or_none(row.get("start"), "start")
     end = _float_or_none(row.get("end"), "end")
@@ -93,6 +100,8 @@ def _row_record(row: dict, utt_id: str, root: Path, labels: list[str]) -> dict:
 
 def _assign_folds(records: list[dict], k: int) -> None:
     """fold = session when every record has one, else K speaker-disjoint balanced folds."""
+    if not records:  # every row rejected: nothing to split (the rejections say why)
+        return
     if records and all(r["session"] is not None for r in records):
         for r in records:
             r["fold"] = r["session"]
@@ -103,29 +112,88 @@ def _assign_folds(records: list[dict], k: int) -> None:
 
 
 def default_label_order(found: set[str]) -> list[str]:
-    """IEMOCAP's logit order (neu, hap, sad, ang) when the CSV uses only those names, so models
-    of any corpus line up with the paper's and imported ones; otherwise sorted."""
+    """The logit order without --labels: IEMOCAP's (neu, hap, sad, ang) when the CSV uses only
+    those names, so models of any corpus line up with the paper's and imported ones; otherwise
+    sorted by name. Either way it is printed; --labels fixes it explicitly."""
     if found <= set(IEMOCAP_LABELS):
         return [c for c in IEMOCAP_LABELS if c in found]
     return sorted(found)
 
 
+def thin_classes(records: list[dict]) -> dict[str, list[int]]:
+    """``{class: its folds}`` for classes held by fewer than 2 folds: with that fold as the
+    test fold the class has no training item, so that fold's model never learns its logit."""
+    folds: dict[str, set[int]] = {}
+    for r in records:
+        folds.setdefault(r["label"], set()).add(r["fold"])
+    return {label: sorted(f) for label, f in sorted(folds.items()) if len(f) < 2}
+
+
+def _reject_thin_classes(records: list[dict], k: int, where: dict[str, str]
+                         ) -> tuple[list[dict], list[Rejection]]:
+    """Without --labels: drop the rows of classes that cannot be in every training fold (folds
+    are re-assigned after each drop, as they depend on the counts), each with its reason."""
+    rejections: list[Rejection] = []
+    _assign_folds(records, k)
+    while records and (thin := thin_classes(records)):
+        counts = Counter(r["label"] for r in records)
+        for r in (r for r in records if r["label"] in thin):
+            rejections.append(Rejection(r["id"], r["wav"], (
+                f"{where[r['id']]}: class {r['label']!r} has {counts[r['label']]} item(s), all in "
+                f"fold(s) {thin[r['label']]}: a training fold without it never learns it; add "
+                "items of other speakers, or keep it anyway by listing it in --labels")))
+        records = [r for r in records if r["label"] not in thin]
+        _assign_folds(records, k)
+    return records, rejections
+
+
+def _warn_thin_classes(records: list[dict], labels: list[str]) -> None:
+    """With --labels: the user chose the set; say which logits some fold's model never trains."""
+    present = {r["label"] for r in records}
+    for label, folds in thin_classes(records).items():
+        log.warning("class %r is in fold(s) %s only: the model tested on it has no training item "
+                    "of that class", label, folds)
+    for label in (x for x in labels if x not in present):
+        log.warning("class %r of --labels has no item", label)
+
+
+def class_summary(records: list[dict], labels: list[str], chosen: bool) -> str:
+    """The class set, its logit order with counts, and where the order came from."""
+    counts = Counter(r["label"] for r in records)
+    rule = ("as given by --labels" if chosen else
+            "no --labels: IEMOCAP names in the paper's order neu, hap, sad, ang when only those "
+            "occur, otherwise sorted by name; pass --labels to choose")
+    listed = ", ".join(f"{i}={label} ({counts.get(label, 0)})" for i, label in enumerate(labels))
+    return f"classes in logit order ({rule}): {listed}"
+
+
 def build_csv(csv_path: str | Path, root: str | Path | None = None, folds: int = 5,
               labels: list[str] | None = None) -> Prepared:
+    """Rows -> records; bad rows, repeated audio and (without --labels) classes that cannot be in
+    every training fold are rejected per row, each reason naming ``<csv>:<line>``."""
     csv_path = Path(csv_path)
     root = Path(root) if root is not None else csv_path.parent
     rows = read_rows(csv_path)
-    label_order = labels or default_label_order({r["label"] for r in rows if r["label"]})
-    records, rejections, used = [], [], set()
+    records, rejections, used, where = [], [], set(), {}
     for index, row in enumerate(rows, 2):  # line 1 is the header
         utt_id = _row_id(row, index, used)
+        where[utt_id] = f"{csv_path.name}:{index}"
         try:
-            records.append(_row_record(row, utt_id, root, label_order))
+            records.append(_row_record(row, utt_id, root, labels))
         except AudioError as err:
-            rejections.append(Rejection(utt_id, err.path, err.reason))
+            rejections.append(Rejection(utt_id, err.path, f"{where[utt_id]}: {err.reason}"))
         except ValueError as err:
-            rejections.append(Rejection(utt_id, str(root / row["path"]), str(err)))
-    _assign_folds(records, folds)
+            rejections.append(Rejection(utt_id, str(root / row["path"]), f"{where[utt_id]}: {err}"))
+    records, repeats = reject_same_audio(records, where)
+    rejections += repeats
+    if labels is None:
+        records, thin = _reject_thin_classes(records, folds, where)
+        rejections += thin
+    else:
+        _assign_folds(records, folds)
+        _warn_thin_classes(records, labels)
+    label_order = labels or default_label_order({r["label"] for r in records})
+    log.info("%s: %s", csv_path, class_summary(records, label_order, labels is not None))
     return Prepared(NAME, None, label_order, records, rejections)
 
 
@@ -138,9 +206,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=5,
                         help="speaker-disjoint folds when there is no session column (default 5)")
     parser.add_argument("--labels", default=None,
-                        help="comma-separated label set and logit order (default: neu,hap,sad,ang "
-                             "order for those names, else the CSV's labels sorted); other labels "
-                             "are rejected")
+                        help="comma-separated label set and logit order; other labels are "
+                             "rejected. Default: the CSV's labels, in the order neu,hap,sad,ang "
+                             "when only those occur, else sorted; a label held by fewer than 2 "
+                             "folds is then rejected (list it here to keep it)")
 
 
 def _labels(args: argparse.Namespace) -> list[str] | None:

@@ -49,6 +49,73 @@ def make_record(**fields: Any) -> dict:
     return {name: fields.get(name) for name in MANIFEST_FIELDS}
 
 
+# Two items whose spans of one file overlap by more than this (s) hold the same audio.
+SAME_AUDIO_OVERLAP = 0.05
+
+
+def _audio_span(record: dict) -> tuple[float, float]:
+    start, end = record.get("audio_start"), record.get("audio_end")
+    return (start or 0.0, float("inf") if end is None else end)
+
+
+def same_audio(a: dict, b: dict) -> bool:
+    """Whether two records hold the same audio: one file, overlapping spans (None = whole file).
+
+    The same audio in two items could land in a training and a test fold, so a manifest never
+    holds it twice; distinct spans of one file (utterances of a dialog) are distinct items."""
+    if a["wav"] != b["wav"]:
+        return False
+    (s1, e1), (s2, e2) = _audio_span(a), _audio_span(b)
+    return min(e1, e2) - max(s1, s2) > SAME_AUDIO_OVERLAP
+
+
+def earlier_same_audio(records: list[dict]) -> dict[int, int]:
+    """``{index: index of the first earlier record with the same audio}`` (empty: no repeat)."""
+    kept_by_wav: dict[str, list[int]] = {}
+    out = {}
+    for i, record in enumerate(records):
+        kept = kept_by_wav.setdefault(record["wav"], [])
+        first = next((j for j in kept if same_audio(records[j], record)), None)
+        if first is None:
+            kept.append(i)
+        else:
+            out[i] = first
+    return out
+
+
+def _span_text(record: dict) -> str:
+    if record.get("audio_start") is None and record.get("audio_end") is None:
+        return "the whole file"
+    return f"span [{record.get('audio_start')}, {record.get('audio_end')}] s"
+
+
+def reject_same_audio(records: list[dict], where: dict[str, str] | None = None
+                      ) -> tuple[list[dict], list[Rejection]]:
+    """Keep the first record of each audio; reject every later one naming the first.
+
+    ``where``: id -> source location (e.g. ``labels.csv:7``) to put in the reason."""
+    where = where or {}
+    repeats = earlier_same_audio(records)
+    kept = [r for i, r in enumerate(records) if i not in repeats]
+    rejections = []
+    for i, first in sorted(repeats.items()):
+        r, f = records[i], records[first]
+        here = f"{where[r['id']]}: " if r["id"] in where else ""
+        there = f" at {where[f['id']]}" if f["id"] in where else ""
+        rejections.append(Rejection(r["id"], r["wav"], (
+            f"{here}same audio as item {f['id']!r}{there} ({_span_text(r)} vs {_span_text(f)} of "
+            "this file): one recording may be one item only, or it could be trained and tested on")))
+    return kept, rejections
+
+
+def _check_no_same_audio(records: list[dict], where: str) -> None:
+    repeats = earlier_same_audio(records)
+    if repeats:
+        i, first = next(iter(repeats.items()))
+        raise ManifestError(f"{where}: items {records[first]['id']!r} and {records[i]['id']!r} "
+                            f"hold the same audio ({records[i]['wav']})")
+
+
 def write_manifest(data_dir: str | Path, records: Iterable[dict]) -> Path:
     path = Path(data_dir) / MANIFEST_NAME
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
@@ -144,6 +211,7 @@ def check_consistency(data_dir: str | Path) -> dict:
     if len(set(ids)) != len(ids):
         dup = next(i for i, n in Counter(ids).items() if n > 1)
         raise ManifestError(f"{data_dir}: duplicate id {dup!r} in manifest.jsonl")
+    _check_no_same_audio(records, f"{data_dir}/{MANIFEST_NAME} (re-run prepare with --force)")
     bad = sorted({r["label"] for r in records} - set(meta.get("labels", [])))
     if bad:
         raise ManifestError(f"{data_dir}: labels {bad} not in prepare.json labels")
@@ -182,6 +250,7 @@ def save_preparation(data_dir: str | Path, corpus: str, classes: str | None, lab
     if len(set(ids)) != len(ids):
         dup = next(i for i, n in Counter(ids).items() if n > 1)
         raise ManifestError(f"duplicate utterance id {dup!r}")
+    _check_no_same_audio(records, str(data_dir))
     meta_path = data_dir / PREPARE_META_NAME
     if meta_path.exists():  # an interrupted rewrite must not look complete
         meta_path.unlink()

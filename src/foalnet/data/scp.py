@@ -2,8 +2,9 @@
 
 IEMOCAP ids give session, speaker, gender, dialog and fold (= session). The lists hold no video
 spans, so records are audio-only (``video`` null); use ``prepare iemocap`` for both. Other
-ids: fold = 1-based position of the list file on the command line. An id listed twice keeps
-its first occurrence.
+ids: fold = 1-based position of the list file on the command line. An id listed twice with the
+same wav and label is one item (logged); with another wav or label the later line is rejected;
+one wav under two ids is rejected too (no audio twice in a manifest).
 """
 from __future__ import annotations
 
@@ -49,17 +50,36 @@ def _record(utt_id: str, wav: Path, label: str, list_index: int) -> dict:
         gender=meta["gender"], dialog=meta["dialog"], wav=str(wav), fold=meta["session"])
 
 
+def _repeat_of(seen: dict[str, tuple[Path, str, str]], utt_id: str, wav: Path, label: str
+               ) -> tuple[bool, str | None]:
+    """(is a repeat, reason to reject it): the same line in two lists (e.g. overlapping training
+    lists) is one item; the same id with another wav or label is a conflict, not merged."""
+    if utt_id not in seen:
+        return False, None
+    first_wav, first_label, first_list = seen[utt_id]
+    if (first_wav, first_label) == (wav, label):
+        return True, None
+    return True, (f"id listed again with another wav/label ({wav}, {label!r}; first in "
+                  f"{first_list}: {first_wav}, {first_label!r})")
+
+
 def build_scp(lists: list[str | Path], labels: list[str] | None = None) -> Prepared:
+    """Records of the lists; an id listed twice alike is kept once (counted in the log), the
+    same wav under another id is rejected by ``run_prepare`` (``manifest.reject_same_audio``)."""
     labels = labels or list(IEMOCAP_LABELS)
-    records, rejections, seen = [], [], set()
+    records, rejections, seen, repeats = [], [], {}, 0
     for list_index, list_path in enumerate(map(Path, lists), 1):
         entries, bad_lines = read_scp(list_path)
         rejections.extend(bad_lines)
         for utt_id, wav_text, label in entries:
-            if utt_id in seen:
-                continue
-            seen.add(utt_id)
             wav = (list_path.parent / wav_text).resolve()
+            repeat, conflict = _repeat_of(seen, utt_id, wav, label)
+            if conflict:
+                rejections.append(Rejection(f"{list_path.name}:{utt_id}", str(wav), conflict))
+            if repeat:
+                repeats += not conflict
+                continue
+            seen[utt_id] = (wav, label, list_path.name)
             if label not in labels:
                 rejections.append(Rejection(utt_id, str(wav),
                                             f"label {label!r} outside the set {labels}"))
@@ -68,6 +88,8 @@ def build_scp(lists: list[str | Path], labels: list[str] | None = None) -> Prepa
                 records.append(_record(utt_id, wav, label, list_index))
             except AudioError as err:
                 rejections.append(Rejection(utt_id, err.path, err.reason))
+    if repeats:
+        log.info("%d line(s) repeated an earlier list's line exactly: each kept once", repeats)
     return Prepared(NAME, None, labels, records, rejections)
 
 
