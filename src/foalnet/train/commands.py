@@ -24,7 +24,8 @@ def build_config(args: argparse.Namespace):
     """Preset or YAML, then flags, then ``--set`` overrides."""
     from foalnet.config import ExperimentConfig, preset
 
-    cfg = ExperimentConfig.load_yaml(args.config) if getattr(args, "config", None) else preset(args.preset)
+    name = getattr(args, "preset", None) or "paper"
+    cfg = ExperimentConfig.load_yaml(args.config) if getattr(args, "config", None) else preset(name)
     data = cfg.data
     if getattr(args, "data_dir", None):
         data = replace(data, data_dir=str(Path(args.data_dir).resolve()))
@@ -61,7 +62,7 @@ def _add_common(parser: argparse.ArgumentParser, data_required: bool = True) -> 
         parser.add_argument("data_dir", metavar="DATA_DIR", help="prepared data folder")
     else:
         parser.add_argument("data_dir", metavar="DATA_DIR", nargs="?", help="prepared data folder")
-    parser.add_argument("--preset", default="paper", choices=("paper", "tiny"),
+    parser.add_argument("--preset", default=None, choices=("paper", "tiny"),
                         help="experiment preset (default: paper = SPEC §2)")
     parser.add_argument("--config", metavar="FILE.yaml", help="start from this experiment YAML instead")
     parser.add_argument("--modality", choices=("av", "audio", "video"), help="single-modality rows")
@@ -110,6 +111,19 @@ def _finish(what: str, out: Path, skipped: int, listed_in: str = "rejected.jsonl
     return 0
 
 
+def refuse_settings_on_resume(args: argparse.Namespace) -> None:
+    """``--resume RUN_DIR`` continues with RUN_DIR's saved config: settings given beside it
+    would be silently ignored, so they are a usage error."""
+    given = {"DATA_DIR": args.data_dir not in (None, args.resume), "--preset": bool(args.preset),
+             "--config": bool(args.config), "--modality": bool(args.modality),
+             "--set": bool(args.set), "--fold": args.fold is not None, "--out": bool(args.out),
+             "--select-on-test": args.select_on_test}
+    flags = [flag for flag, present in given.items() if present]
+    if flags:
+        raise ValueError(f"{', '.join(flags)}: not applicable to --resume RUN_DIR, which continues "
+                         "with its saved config.yaml; start a new --out for other settings")
+
+
 @_guard
 def cmd_train(args: argparse.Namespace) -> int:
     from foalnet.config import ExperimentConfig
@@ -121,12 +135,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir}/{CONFIG_FILE} not found: not a run folder to resume")
+        refuse_settings_on_resume(args)
         cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
         summary = train_fold(cfg, run_dir, resume=True)
         return _finish("training", run_dir, summary["skipped_items"])
     if not args.data_dir or args.fold is None or not args.out:
         raise ValueError("foalnet train needs DATA_DIR --fold K --out RUN_DIR (or --resume RUN_DIR)")
     cfg = build_config(args)
+    if args.resume:  # train_fold continues with the saved config: it must be this one
+        from foalnet.train.cv import check_same_config
+
+        check_same_config(Path(args.out), cfg)
     summary = train_fold(cfg, Path(args.out), resume=bool(args.resume))
     return _finish("training", Path(args.out), summary["skipped_items"])
 
@@ -141,15 +160,32 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return _finish("cross-validation", Path(args.out), summary["skipped_items"])
 
 
+def refuse_row_settings(modality: str | None, overrides: list[str]) -> None:
+    """Usage error for settings every ablation row sets itself (they would be silently ignored)."""
+    from foalnet.train.ablate import ROW_FIELDS
+
+    if modality:
+        raise ValueError(f"--modality {modality} does not apply to ablate/demo: each row sets its "
+                         "modality; choose rows with --rows (e.g. --rows audio_only,video_only)")
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    fixed = [k for k in keys if k in ROW_FIELDS]
+    if fixed:
+        raise ValueError(f"--set {', '.join(fixed)} does not apply to ablate/demo: each row sets "
+                         f"{', '.join(ROW_FIELDS)}; choose rows with --rows")
+
+
 @_guard
 def cmd_ablate(args: argparse.Namespace) -> int:
     from foalnet.train.ablate import ablation_markdown, run_ablation
+    from foalnet.train.cv import rejected_ids
 
+    refuse_row_settings(args.modality, args.set)
     cfg = build_config(args)
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
     results = run_ablation(cfg, Path(args.out), rows=rows, folds=_parse_folds(args.folds))
     print(ablation_markdown(results))
-    skipped = sum(int(r.get("skipped_items", 0)) for r in results.values())
+    # an unreadable file fails in every row and fold that reads it: count it once
+    skipped = len(set().union(*(rejected_ids(Path(args.out) / row) for row in results)))
     return _finish("ablation", Path(args.out), skipped, listed_in="<row>/rejected.jsonl")
 
 
@@ -157,6 +193,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from foalnet.train.demo import run_demo
 
+    refuse_row_settings(None, args.set)
     return run_demo(Path(args.out), size=args.size, seed=args.seed, rows=args.rows,
                     folds=_parse_folds(args.folds), overrides=args.set)
 
