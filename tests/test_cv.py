@@ -58,12 +58,11 @@ def test_cv_rerun_with_other_settings_is_refused_naming_the_keys(audio_data, cv_
 
 
 def test_interrupted_fold_is_not_resumed_with_other_settings(audio_data, cv_one_fold, tmp_path, caplog):
-    """A fold with checkpoints but no summary was resumed with ITS saved config, whatever the
-    new flags said; now other flags are refused."""
+    """A fold folder without summary (interrupted) was resumed with ITS saved config whatever
+    the new flags said (or, without checkpoints, retrained over it); now other flags are refused."""
     cv = tmp_path / "cv"
     shutil.copytree(cv_one_fold, cv)
     (cv / "fold1" / "summary.json").unlink()
-    assert (cv / "fold1" / "checkpoints").is_dir()
     assert main(["cv", str(audio_data), "--out", str(cv), *FAST, "--folds", "1",
                  "--set", "train.seed=7"]) == 2
     assert "train.seed: 1234 there, 7 now" in _errors(caplog)
@@ -123,3 +122,38 @@ def test_a_file_emptied_after_prepare_counts_once_over_folds(prepared_dir, tmp_p
     gathered = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     assert [(r["fold"], r["id"]) for r in gathered] == [(1, bad["id"]), (2, bad["id"])]
     assert "1 distinct (per fold: [1, 1])" in (out / "report.md").read_text()
+
+
+def test_cv_summary_and_report_carry_the_bootstrap_interval(cv_one_fold):
+    summary = json.loads((cv_one_fold / "summary.json").read_text())
+    for key in ("ua", "wa"):
+        lo, hi = summary[key]["ci95"]
+        assert 0.0 <= lo <= summary[key]["mean"] <= hi <= 1.0
+    assert summary["bootstrap"]["seed"] == 0 and summary["bootstrap"]["resamples"] == 1000
+    assert "within each fold" in summary["bootstrap"]["method"]
+    lo, hi = summary["ua"]["ci95"]
+    assert f"| 95 % CI of the mean | [{100 * lo:.2f}, {100 * hi:.2f}]" in (
+        cv_one_fold / "report.md").read_text()
+
+
+def _predictions(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    lines = ["id,label,prediction,p_a,p_b"] + [f"{i},{t},{p},0.5,0.5" for i, t, p in rows]
+    (path / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_ablation_row_gets_its_paired_ua_difference_to_the_full_model(tmp_path):
+    """Hand-checkable: full right on all 20 items; the row misses every `b` item, so its UA is
+    0.5 lower on every resample holding both classes; an item only one row evaluated is left out."""
+    from foalnet.train.ablate import ablation_markdown, paired_vs_full
+
+    items = [(f"u{i}", "ab"[i % 2]) for i in range(20)]
+    _predictions(tmp_path / "full" / "fold1", [(i, t, t) for i, t in items] + [("extra", "b", "a")])
+    _predictions(tmp_path / "audio_only" / "fold1", [(i, t, "a") for i, t in items])
+    summary = {"folds": [1], "labels": ["a", "b"]}
+    paired = paired_vs_full(tmp_path, "audio_only", summary)
+    assert (paired["ua_diff"], paired["interval"], paired["items"]) == (-0.5, [-0.5, -0.5], 20)
+    row = {"folds": [1], "labels": ["a", "b"], "protocol": "p", "vs_full": paired,
+           "ua": {"mean": 0.5, "std": 0.0, "ci95": [0.4, 0.6]}, "wa": {"mean": 0.5, "std": 0.0}}
+    table = ablation_markdown({"audio_only": row})
+    assert "| audio_only | 50.00 ± 0.00 [40.00, 60.00] | 50.00 ± 0.00 | -50.00 [-50.00, -50.00] |" in table

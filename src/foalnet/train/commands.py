@@ -117,7 +117,9 @@ def refuse_settings_on_resume(args: argparse.Namespace) -> None:
     given = {"DATA_DIR": args.data_dir not in (None, args.resume), "--preset": bool(args.preset),
              "--config": bool(args.config), "--modality": bool(args.modality),
              "--set": bool(args.set), "--fold": args.fold is not None, "--out": bool(args.out),
-             "--select-on-test": args.select_on_test}
+             "--select-on-test": args.select_on_test,
+             "--save-last": bool(getattr(args, "save_last", False)),
+             "--keep-checkpoints": getattr(args, "keep_checkpoints", None) is not None}
     flags = [flag for flag, present in given.items() if present]
     if flags:
         raise ValueError(f"{', '.join(flags)}: not applicable to --resume RUN_DIR, which continues "

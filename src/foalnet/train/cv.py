@@ -18,7 +18,8 @@ import numpy as np
 
 from foalnet.config import ExperimentConfig
 from foalnet.data.files import write_text_atomic
-from foalnet.train.metrics import metrics_from_confusion, plot_confusion
+from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
+                                   bootstrap_cv, metrics_from_confusion, plot_confusion)
 from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, train_fold
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def run_cv(cfg: ExperimentConfig, cv_dir: str | Path, folds: list[int] | None = 
         resume = (fold_dir / "checkpoints").is_dir()
         summaries[fold] = train_fold(fold_cfg, fold_dir, resume=resume, accelerator=accelerator)
     summary = summarize(summaries, cfg, rejected_rows(cv_dir, folds))
+    add_intervals(summary, fold_predictions(cv_dir, folds, summary["labels"]))
     if accelerator.is_main_process:
         write_cv_outputs(cv_dir, summary, title or f"cross-validation ({cfg.model.modality})")
     return summary
@@ -89,6 +91,39 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[d
     out["modality"] = cfg.model.modality
     out["use_avel"], out["use_mem"] = cfg.model.use_avel, cfg.model.use_mem
     return out
+
+
+def fold_predictions(cv_dir: Path, folds: list[int], labels: list[str]
+                     ) -> dict[int, dict[str, tuple[int, int]]] | None:
+    """``{fold: {id: (reference, prediction)}}`` (class indices) from each fold's predictions.csv;
+    None when a fold has none (a folder of an older version): no interval then, not a guess."""
+    import csv
+
+    index = {name: i for i, name in enumerate(labels)}
+    out = {}
+    for fold in folds:
+        path = Path(cv_dir) / f"fold{fold}" / "predictions.csv"
+        if not path.is_file():
+            return None
+        with open(path, newline="") as fh:
+            out[fold] = {row["id"]: (index[row["label"]], index[row["prediction"]])
+                         for row in csv.DictReader(fh)}
+    return out
+
+
+def add_intervals(summary: dict, predictions: dict[int, dict[str, tuple[int, int]]] | None) -> None:
+    """``summary["ua"]["ci95"]``, ``["wa"]["ci95"]`` and how they were computed (``bootstrap``)."""
+    if predictions is None or not all(predictions[f] for f in summary["folds"]):
+        summary["bootstrap"] = None  # a fold without predictions (or items): nothing to resample
+        return
+    pairs = []
+    for fold in summary["folds"]:
+        items = list(predictions[fold].values())
+        pairs.append((np.array([t for t, _ in items]), np.array([p for _, p in items])))
+    ci = bootstrap_cv(pairs, len(summary["labels"]))
+    summary["ua"]["ci95"], summary["wa"]["ci95"] = ci["ua"], ci["wa"]
+    summary["bootstrap"] = {"method": BOOTSTRAP_METHOD, "resamples": BOOTSTRAP_RESAMPLES,
+                            "seed": BOOTSTRAP_SEED, "level": 0.95}
 
 
 def _corpus_name(data_dir: str) -> str | None:
@@ -182,9 +217,19 @@ def report_markdown(summary: dict, title: str) -> str:
         lines.append(f"| {fold} | {' | '.join(cells)} | {summary['selected_epochs'][i]} |")
     cells = [f"{100 * summary[k]['mean']:.2f} ± {100 * summary[k]['std']:.2f}" for k in METRICS]
     lines.append(f"| mean ± std | {' | '.join(cells)} | |")
+    if summary.get("bootstrap"):
+        cells = [_ci_text(summary[k]["ci95"]) for k in ("ua", "wa")]
+        lines.append(f"| 95 % CI of the mean | {' | '.join(cells)} | | |")
     pooled = summary["pooled"]
+    if summary.get("bootstrap"):
+        b = summary["bootstrap"]
+        lines += ["", f"95 % CI: {b['method']} ({b['resamples']} resamples, seed {b['seed']})."]
     lines += ["", f"Pooled over folds: UA {100 * pooled['ua']:.2f} %, WA {100 * pooled['wa']:.2f} %, "
               f"macro-F1 {100 * pooled['macro_f1']:.2f} % (n = {pooled['n']}). "
               f"Items skipped as unreadable: {summary['skipped_items']} distinct "
               f"(per fold: {summary.get('skipped_per_fold')}).", ""]
     return "\n".join(lines)
+
+
+def _ci_text(interval: list[float]) -> str:
+    return f"[{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"

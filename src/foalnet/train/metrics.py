@@ -81,3 +81,73 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- bootstrap intervals
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0  # fixed, not the training seed: the same predictions give the same interval
+BOOTSTRAP_METHOD = ("percentile bootstrap: test utterances resampled with replacement within "
+                    "each fold, metric averaged over folds like the CV mean")
+
+
+def resampled_ua_wa(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray,
+                    num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """UA and WA of each resample (rows of ``idx`` [R, n]); UA over the classes present in it."""
+    truth = y_true[idx]  # (R, n)
+    hit = y_pred[idx] == truth
+    recalls = []
+    for c in range(num_classes):
+        is_c = truth == c
+        n_c = is_c.sum(axis=1)
+        recalls.append(np.where(n_c > 0, (is_c & hit).sum(axis=1) / np.maximum(n_c, 1), np.nan))
+    return np.nanmean(np.stack(recalls, axis=1), axis=1), hit.mean(axis=1)
+
+
+def _draws(sizes: list[int], resamples: int, seed: int) -> list[np.ndarray]:
+    """One [R, n] index matrix per fold, from one seeded generator (fold order fixed)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, size=(resamples, n)) for n in sizes]
+
+
+def _interval(values: np.ndarray, level: float) -> list[float]:
+    tail = 100 * (1 - level) / 2
+    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+
+
+def bootstrap_cv(folds: list[tuple[np.ndarray, np.ndarray]], num_classes: int,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = 0.95) -> dict:
+    """``{"ua": [lo, hi], "wa": [lo, hi]}``: interval of the mean over folds of UA and WA.
+
+    ``folds``: (reference, prediction) class indices of each fold's test items. Resampling stays
+    inside each fold, as the CV mean weighs every fold equally whatever its size."""
+    folds = [(np.asarray(t), np.asarray(p)) for t, p in folds]
+    draws = _draws([len(t) for t, _ in folds], resamples, seed)
+    ua = np.zeros(resamples)
+    wa = np.zeros(resamples)
+    for (y_true, y_pred), idx in zip(folds, draws):
+        fold_ua, fold_wa = resampled_ua_wa(y_true, y_pred, idx, num_classes)
+        ua += fold_ua / len(folds)
+        wa += fold_wa / len(folds)
+    return {"ua": _interval(ua, level), "wa": _interval(wa, level)}
+
+
+def paired_bootstrap_ua(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                        level: float = 0.95) -> dict:
+    """``{"ua_diff", "interval"}``: mean-over-folds UA of A minus B's, and its interval, both
+    scored on the SAME resampled test utterances (paired): the interval of the difference.
+
+    ``folds``: (reference, prediction of A, prediction of B) of each fold's common items."""
+    folds = [tuple(np.asarray(x) for x in f) for f in folds]
+    draws = _draws([len(f[0]) for f in folds], resamples, seed)
+    diff = np.zeros(resamples)
+    point = 0.0
+    for (y_true, pred_a, pred_b), idx in zip(folds, draws):
+        diff += (resampled_ua_wa(y_true, pred_a, idx, num_classes)[0]
+                 - resampled_ua_wa(y_true, pred_b, idx, num_classes)[0]) / len(folds)
+        whole = np.arange(len(y_true))[None, :]
+        point += float(resampled_ua_wa(y_true, pred_a, whole, num_classes)[0][0]
+                       - resampled_ua_wa(y_true, pred_b, whole, num_classes)[0][0]) / len(folds)
+    return {"ua_diff": point, "interval": _interval(diff, level)}
