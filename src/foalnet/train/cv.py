@@ -3,8 +3,9 @@
 A fold whose ``summary.json`` exists is not re-run; a fold with checkpoints is resumed; each
 fold gets a fresh model and optimiser (built inside ``train_fold``) and the accelerator's
 references are released afterwards (``free_memory``). Outputs: ``summary.json``
-(``{"ua": {"mean", "std", "per_fold"}, "wa": ..., "macro_f1": ..., "protocol": ...}``, fractions,
-std = sample standard deviation over folds), ``confusion.png`` (pooled over folds) and
+(``{"ua": {"mean", "std", "per_fold", "ci95"}, "wa": ..., "macro_f1": ..., "bootstrap",
+"protocol", "skipped_items" (distinct ids), "skipped_per_fold", ...}``, fractions, std = sample
+standard deviation over folds, ci95 = 95 % bootstrap interval of the mean, see ``bootstrap``), ``confusion.png`` (pooled over folds) and
 ``report.md`` (per-fold and mean +- std rows).
 """
 from __future__ import annotations
