@@ -10,6 +10,7 @@ gloo. ``torchrun --nproc_per_node 2 -m foalnet train ...`` is equivalent.
 One launch checks both: (1) the AVEL loss with the "j" side gathered from both processes, averaged
 over processes, equals the single-process AVEL on the same global batch; (2) ``foalnet train``
 runs data-parallel (each process takes every other batch) and writes a complete run folder.
+The extractors split the manifest over 2 processes (one index; a killed process loses nothing).
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def test_accelerate_launch_two_cpu_processes(data_dir, tmp_path):
     steps = int((run / "metrics.csv").read_text().splitlines()[1].split(",")[1])
     assert steps == math.ceil(math.ceil(n_train / 4) / 2)
     assert (run / "best" / "model.safetensors").is_file()
+    assert not (run / "checkpoints").exists() and not (run / "last").exists()  # complete: best/ only
 
 
 def test_single_process_cpu_launch_is_detected():
@@ -125,3 +127,113 @@ def test_single_process_cpu_launch_is_detected():
     assert single_process_cpu_launch({**simple, "OMPI_COMM_WORLD_SIZE": "2"}) is None  # mpirun
     assert single_process_cpu_launch({"ACCELERATE_USE_CPU": "True"}) is None  # --num_processes 1
     assert single_process_cpu_launch({}) is None  # plain `foalnet train`
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+DIE_AFTER = textwrap.dedent(
+    """
+    import os, sys
+    from foalnet.features import store
+
+    put, done = store.FeatureStore.put, []
+
+    def dying_put(self, *args, **kwargs):  # process 1 dies (like a kill) after its 3rd item
+        path = put(self, *args, **kwargs)
+        done.append(path)
+        if os.environ["RANK"] == "1" and len(done) == 3:
+            os._exit(17)
+        return path
+
+    store.FeatureStore.put = dying_put
+    from foalnet.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _launch(args: list[str], script: Path | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch --num_processes 2 -m foalnet ARGS`` (or the script) on 2 gloo CPU processes."""
+    target = [str(script)] if script else ["-m", "foalnet"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *target, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _fresh_copy(prepared_dir: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(prepared_dir, dest, ignore=shutil.ignore_patterns("visual", "audio_frontend"))
+    return dest
+
+
+def _store_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Array file -> (inode, mtime_ns): a file written again gets another inode (temp + rename)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (root / "arrays").glob("*.npy")}
+
+
+def _index_lines(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "index.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_extraction_split_over_two_processes_gives_one_index(data_dir, prepared_dir, tmp_path):
+    """Both extractors under ``accelerate launch --num_processes 2``: every item once, in one
+    index.jsonl (no shard left), arrays identical to a single-process extraction."""
+    import numpy as np
+
+    from foalnet.cli import main
+    from foalnet.data.manifest import read_manifest
+    from foalnet.features.store import AudioFrontendStore, VisualFeatureStore
+
+    data = _fresh_copy(Path(prepared_dir), tmp_path / "data")
+    for command in (["extract-visual", str(data), "--encoder", "tiny", "--no-progress"],
+                    ["extract-audio", str(data), "--preset", "tiny", "--no-progress"]):
+        proc = _launch(command)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count(" done ") == 1  # one merged report, printed by the main process
+    ids = sorted(r["id"] for r in read_manifest(data))
+    single = _fresh_copy(Path(prepared_dir), tmp_path / "single")
+    assert main(["extract-audio", str(single), "--preset", "tiny", "--no-progress"]) == 0
+    for kind, reference in ((VisualFeatureStore, VisualFeatureStore.open(data_dir)),
+                            (AudioFrontendStore, AudioFrontendStore.open(single))):
+        store = kind.open(data)
+        lines = _index_lines(store.root)
+        assert sorted(e["id"] for e in lines) == ids  # each item once
+        assert not list(store.root.glob("index.r*.jsonl"))
+        assert len(_store_files(store.root)) == len(ids)
+        for utt in ids:
+            np.testing.assert_array_equal(store.load(utt), reference.load(utt))
+
+
+def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(prepared_dir, tmp_path):
+    """Process 1 dies after 3 items: what both processes wrote is complete and listed; a rerun
+    (2 processes again) reuses all of it, writes no array twice and computes only the missing."""
+    import re
+
+    from foalnet.data.manifest import read_manifest
+    from foalnet.features.store import VisualFeatureStore
+
+    data = _fresh_copy(Path(prepared_dir), tmp_path / "data")
+    script = tmp_path / "dying.py"
+    script.write_text(DIE_AFTER)
+    args = ["extract-visual", str(data), "--encoder", "tiny", "--no-progress"]
+    assert _launch(args, script).returncode != 0
+    store = VisualFeatureStore.open(data)
+    before = _store_files(store.root)
+    listed = set(store.ids)
+    assert 3 <= len(listed) < len(read_manifest(data))
+    assert all(store.has(utt) for utt in listed)  # every listed item has its array
+    assert len(before) == len(listed)  # and no array without its index line
+
+    proc = _launch(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done, reused = map(int, re.search(r"done (\d+), reused (\d+)", proc.stdout).groups())
+    ids = sorted(r["id"] for r in read_manifest(data))
+    assert reused == len(listed) and done == len(ids) - len(listed)
+    after = _store_files(store.root)
+    assert all(after[name] == stamp for name, stamp in before.items())  # none written again
+    lines = _index_lines(store.root)
+    assert sorted(e["id"] for e in lines) == ids and len(after) == len(ids)
+    assert not list(store.root.glob("index.r*.jsonl"))

@@ -222,6 +222,25 @@ def test_torn_index_line_is_skipped(tmp_path):
     index.write_text(index.read_text()[:-15])  # an interrupted append
     again = VisualFeatureStore.open(tmp_path)
     assert again.has("a") and not again.has("b")
+    writer = VisualFeatureStore.create(tmp_path, "s", META)
+    writer.put("c", "kc", np.ones((1, 3)))  # the next append starts a new line
+    assert VisualFeatureStore.open(tmp_path).has("c")
+
+
+def test_shards_of_several_writers_are_read_and_merged(tmp_path):
+    """Process shards (features/workers.py) are read after index.jsonl and merged into it."""
+    main = VisualFeatureStore.create(tmp_path, "s", META)
+    main.put("a", "ka", np.ones((1, 3)))
+    other = VisualFeatureStore.create(tmp_path, "s", META, shard="r1")
+    other.put("b", "kb", np.ones((2, 3)))
+    other.put("a", "ka2", np.zeros((1, 3)))  # later than index.jsonl's line: wins
+    assert (other.root / "index.r1.jsonl").is_file()
+    store = VisualFeatureStore.open(tmp_path)
+    assert set(store.ids) == {"a", "b"} and store.key_of("a") == "ka2"
+    store.merge_index()
+    assert not list(store.root.glob("index.r*.jsonl"))
+    lines = (store.root / "index.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and VisualFeatureStore.open(tmp_path).key_of("a") == "ka2"
 
 
 def test_put_never_overwrites_a_different_array(tmp_path):

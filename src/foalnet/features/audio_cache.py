@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from foalnet.features.store import AudioFrontendStore, feature_key
+from foalnet.features.workers import Workers, finish_shared, open_shared
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,14 @@ class AudioCacheReport:
     def failed(self) -> int:
         return len(self.rejected)
 
+    @classmethod
+    def merged(cls, reports: list["AudioCacheReport"]) -> "AudioCacheReport":
+        """One report of the processes of a multi-process fill (disjoint shares)."""
+        return cls(reports[0].slug, done=sum(r.done for r in reports), reused=sum(r.reused for r in reports),
+                   seconds=max(r.seconds for r in reports),
+                   audio_seconds=sum(r.audio_seconds for r in reports),
+                   rejected=[x for r in reports for x in r.rejected])
+
     def summary(self) -> str:
         speed = f", {self.audio_seconds / self.seconds:.0f} s of audio per s" if self.seconds > 0 and self.done else ""
         return (f"audio front end {self.slug}: done {self.done}, reused {self.reused}, "
@@ -84,19 +93,23 @@ def frontend_dim(model) -> int:
     return int(utterance_frontend(model, silence).shape[1])
 
 
-def open_audio_store(data_dir: str | os.PathLike, model) -> AudioFrontendStore | None:
+def open_audio_store(data_dir: str | os.PathLike, model, shard: str | None = None) -> AudioFrontendStore | None:
     """The (possibly partly filled) store for this model's front end; None if it has none."""
     fingerprint = model.audio_frontend_fingerprint()
     if fingerprint is None:
         return None
     meta = {"encoder": model.config.audio_encoder, "dim": frontend_dim(model), "dtype": "float32",
             "fingerprint": fingerprint, "format": 1}
-    return AudioFrontendStore.create(data_dir, frontend_slug(fingerprint), meta)
+    return AudioFrontendStore.create(data_dir, frontend_slug(fingerprint), meta, shard=shard)
 
 
 def build_audio_cache(data_dir: str | os.PathLike, model, records: Iterable[dict],
-                      progress: bool = True) -> tuple[AudioFrontendStore, AudioCacheReport]:
+                      progress: bool = True, workers: Workers | None = None,
+                      ) -> tuple[AudioFrontendStore, AudioCacheReport]:
     """Fill the store for ``records`` (missing or changed items only) on the model's device.
+
+    ``workers``: this process's share when several fill the store together (every world-th
+    record; ``Workers.from_env()`` under a launcher); the report is the merged one of all.
 
     Unreadable audio is reported per item (id, path, reason) in the report and in the store's
     rejected.jsonl; the other items are still cached. Raises ValueError when the model's audio
@@ -106,10 +119,13 @@ def build_audio_cache(data_dir: str | os.PathLike, model, records: Iterable[dict
     from foalnet.data.audio import AudioError, load_record_audio
 
     started = time.perf_counter()
-    store = open_audio_store(data_dir, model)
+    workers = workers or Workers()
+    store = open_audio_store(data_dir, model, shard=workers.shard)
     if store is None:
         raise ValueError(f"audio encoder {model.config.audio_encoder!r} has no fixed front end to cache "
                          "(its CNN trains, or it normalises over padded time)")
+    open_shared(store, workers)
+    records = workers.take(list(records))
     frontend_hash = fingerprint_hash(store.meta["fingerprint"])
     report = AudioCacheReport(store.slug)
     device = next(model.parameters()).device
@@ -117,7 +133,8 @@ def build_audio_cache(data_dir: str | os.PathLike, model, records: Iterable[dict
     was_training = model.training
     model.eval()
     try:
-        for record in tqdm(list(records), unit="utt", desc=f"audio front end {store.slug}", disable=not progress):
+        for record in tqdm(records, unit="utt", desc=f"audio front end {store.slug}",
+                           disable=not progress or not workers.is_main):
             path = str(record.get("wav"))
             try:
                 key = item_key(record, frontend_hash)
@@ -135,6 +152,7 @@ def build_audio_cache(data_dir: str | os.PathLike, model, records: Iterable[dict
             report.audio_seconds += len(wave) / sample_rate
     finally:
         model.train(was_training)
-    store.write_rejected(report.rejected)
     report.seconds = time.perf_counter() - started
-    return store, report
+    if workers.world == 1:
+        store.write_rejected(report.rejected)
+    return store, finish_shared(store, workers, report, AudioCacheReport.merged)

@@ -1,4 +1,9 @@
-"""CLI of the features stage: ``foalnet extract-visual DATA_DIR`` and ``foalnet extract-audio DATA_DIR``."""
+"""CLI of the features stage: ``foalnet extract-visual DATA_DIR`` and ``foalnet extract-audio DATA_DIR``.
+
+Under a launcher (``accelerate launch --num_processes N -m foalnet extract-visual ...``,
+``torchrun --nproc_per_node N -m foalnet ...``) each process extracts its share of the manifest
+(``features/workers.py``); the main process prints the merged report, every process exits with
+its status."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +20,7 @@ def run_extract_visual(args: argparse.Namespace) -> int:
     from foalnet.data.manifest import ManifestError
     from foalnet.features.base import FeatureError, build_visual_encoder
     from foalnet.features.extract import extract_visual
+    from foalnet.features.workers import Workers
 
     if args.batch_size < 1 or (args.fps is not None and args.fps <= 0):
         log.error("--batch-size must be >= 1 and --fps > 0")
@@ -22,26 +28,30 @@ def run_extract_visual(args: argparse.Namespace) -> int:
     if not (Path(args.data_dir) / "manifest.jsonl").is_file():
         log.error("%s: no manifest.jsonl; run `foalnet prepare ...` first", args.data_dir)
         return 2
+    workers = Workers.from_env()
     try:
-        encoder = build_visual_encoder(args.encoder, device=args.device)
+        encoder = build_visual_encoder(args.encoder, device=workers.device(args.device))
     except Exception as err:  # hub/network/format errors all mean "cannot use this encoder"
         log.error("cannot load visual encoder %r: %s: %s", args.encoder, type(err).__name__, err)
         return 2
     try:
         report = extract_visual(args.data_dir, encoder, crop=args.crop,
                                 batch_size=args.batch_size, fps=args.fps,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, workers=workers)
     except (FeatureError, ManifestError, ImportError, ValueError) as err:
         log.error("%s", err)
         return 2
-    return _report(report, Path(args.data_dir) / "visual" / report.slug / "rejected.jsonl")
+    finally:
+        workers.close()
+    return _report(report, Path(args.data_dir) / "visual" / report.slug / "rejected.jsonl", workers.is_main)
 
 
-def _report(report, rejected_path: Path) -> int:
+def _report(report, rejected_path: Path, main_process: bool = True) -> int:
     """Print an extraction report; exit status 1 when any item failed (listed in rejected_path)."""
-    print(report.summary())
-    if report.failed:
-        print(f"{report.failed} failed: see {rejected_path}")
+    if main_process:
+        print(report.summary())
+        if report.failed:
+            print(f"{report.failed} failed: see {rejected_path}")
     return 1 if report.failed else 0
 
 
@@ -76,21 +86,28 @@ def run_extract_audio(args: argparse.Namespace) -> int:
     from foalnet.data.manifest import ManifestError, read_manifest
     from foalnet.features.audio_cache import build_audio_cache
     from foalnet.features.base import FeatureError
+    import torch
+
+    from foalnet.features.workers import Workers
     from foalnet.model.foalnet import FoalNet
     from foalnet.train.commands import build_config
 
     if not (Path(args.data_dir) / "manifest.jsonl").is_file():
         log.error("%s: no manifest.jsonl; run `foalnet prepare ...` first", args.data_dir)
         return 2
+    workers = Workers.from_env()
     try:
         cfg = build_config(args)
-        model = FoalNet(cfg.model).to(args.device)
+        torch.manual_seed(cfg.train.seed)  # as train_fold: a randomly initialised front end gets training's weights
+        model = FoalNet(cfg.model).to(workers.device(args.device))
         store, report = build_audio_cache(args.data_dir, model, read_manifest(args.data_dir),
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress, workers=workers)
     except (FeatureError, ManifestError, ValueError, OSError) as err:
         log.error("%s", err)
         return 2
-    return _report(report, store.root / "rejected.jsonl")
+    finally:
+        workers.close()
+    return _report(report, store.root / "rejected.jsonl", workers.is_main)
 
 
 def register_extract_audio(subparsers: argparse._SubParsersAction) -> None:

@@ -23,6 +23,7 @@ from foalnet.data.video import (FaceCropper, SpanClosed, SpanFrame, VideoError, 
                                 resolve_crop, walk_spans)
 from foalnet.features.base import VisualEncoder
 from foalnet.features.store import VisualFeatureStore, feature_key, store_slug
+from foalnet.features.workers import Workers, finish_shared, open_shared
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,17 @@ class ExtractReport:
     def utterances_per_second(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
+    @classmethod
+    def merged(cls, reports: list["ExtractReport"]) -> "ExtractReport":
+        """One report of the processes of a multi-process extraction (disjoint shares)."""
+        out = cls(reports[0].slug, seconds=max(r.seconds for r in reports))
+        for r in reports:
+            for name in ("done", "reused", "audio_only", "frames", "face_fallbacks"):
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+            out.rejected += r.rejected
+        out.failed = len(out.rejected)
+        return out
+
     def summary(self) -> str:
         text = (f"visual features {self.slug}: done {self.done}, reused {self.reused}, "
                 f"failed {self.failed}; {self.frames} frames in {self.seconds:.1f} s "
@@ -265,11 +277,13 @@ def _serve_video(items: list[_Item], embedder: SpanEmbedder, fps: float | None,
 
 def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: str = "side",
                    batch_size: int = 32, fps: float | None = None,
-                   progress: bool = True) -> ExtractReport:
+                   progress: bool = True, workers: Workers | None = None) -> ExtractReport:
     """Fill DATA_DIR/visual/<slug>/ for every manifest record; resumable and idempotent.
 
     Failed items are logged (id, path, reason) and listed in the store's rejected.jsonl; items
-    already extracted with the same key are reused, never rewritten.
+    already extracted with the same key are reused, never rewritten. ``workers``: this process's
+    share when several extract together (``Workers.from_env()`` under a launcher): every
+    world-th dialog video; the report returned is the merged one of all processes.
     """
     from tqdm.auto import tqdm
 
@@ -284,14 +298,20 @@ def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: st
     face = _face_cropper(crop)
     meta = frame_settings(encoder, crop, fps, face)
     slug = store_slug(encoder.name, crop, fps)
-    store = VisualFeatureStore.create(data_dir, slug, meta)
+    workers = workers or Workers()
+    store = open_shared(VisualFeatureStore.create(data_dir, slug, meta, shard=workers.shard), workers)
+    if workers.world > 1:  # whole videos per process (one decode pass each); records without one: main
+        mine = set(workers.take(sorted({os.path.abspath(r["video"]) for r in records if r.get("video")})))
+        records = [r for r in records if (os.path.abspath(r["video"]) in mine if r.get("video")
+                                          else workers.is_main)]
     report = ExtractReport(slug)
     todo = _plan(records, store, crop, meta, report)
     by_video: dict[str, list[_Item]] = defaultdict(list)
     for item in todo:
         by_video[item.video].append(item)
 
-    bar = tqdm(total=len(todo), unit="utt", desc=f"extract-visual {slug}", disable=not progress)
+    bar = tqdm(total=len(todo), unit="utt", desc=f"extract-visual {slug}",
+               disable=not progress or not workers.is_main)
     try:
         for video in sorted(by_video):
             items = by_video[video]
@@ -312,8 +332,11 @@ def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: st
         report.seconds = time.perf_counter() - t0
         report.failed = len(report.rejected)
         report.face_fallbacks = face.fallbacks if face is not None else 0
-        store.write_rejected(report.rejected)
+        if workers.world == 1:
+            store.write_rejected(report.rejected)
     for rej in report.rejected:
         log.warning("rejected %s (%s): %s", rej["id"], rej["path"], rej["reason"])
-    log.info("%s", report.summary())
+    report = finish_shared(store, workers, report, ExtractReport.merged)
+    if workers.is_main:
+        log.info("%s", report.summary())
     return report

@@ -9,6 +9,8 @@ Layout of one store folder:
   index.jsonl    one line per written item {"id", "key", "file", "frames"}; appended after the
                  array is in place, so an interrupted run loses at most the item in flight;
                  the last line of an id wins
+  index.r<N>.jsonl  the same, of process N of a multi-process extraction (features/workers.py),
+                 read after index.jsonl and merged into it by the main process at the end
   arrays/<key>.npy   (T, D) in the store's dtype, written to a temp name and renamed (atomic)
   rejected.jsonl the items the last extraction run could not serve {"id", "path", "reason"}
 
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 VISUAL_DIR = "visual"
 META_NAME = "meta.json"
 INDEX_NAME = "index.jsonl"
+SHARD_GLOB = "index.r*.jsonl"
 REJECTED_NAME = "rejected.jsonl"
 ARRAYS_DIR = "arrays"
 # Meta fields that must agree for a folder to be reused by another run.
@@ -59,6 +62,14 @@ def feature_key(fields: dict) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+
+
+def _read_store_index(root: Path) -> dict[str, dict]:
+    """index.jsonl, then the shards of processes that wrote beside it (later lines win)."""
+    index = _read_index(root / INDEX_NAME)
+    for shard in sorted(root.glob(SHARD_GLOB)):
+        index.update(_read_index(shard))
+    return index
 
 
 def _read_index(path: Path) -> dict[str, dict]:
@@ -87,10 +98,13 @@ class FeatureStore:
     ALLOW_EMPTY = False  # may an item have T == 0 rows
     HINT = ""  # the command that fills the store, for error messages
 
-    def __init__(self, root: str | os.PathLike, meta: dict, index: dict[str, dict]):
+    def __init__(self, root: str | os.PathLike, meta: dict, index: dict[str, dict],
+                 shard: str | None = None):
         self.root = Path(root)
         self.meta = meta
         self._index = index
+        self._index_file = self.root / (INDEX_NAME if shard is None else f"index.{shard}.jsonl")
+        self._tail_checked = False
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -124,11 +138,14 @@ class FeatureStore:
                                    f"(found: {', '.join(found) or 'none'}); "
                                    f"run `{cls.HINT}` first")
         root = base / slug
-        return cls(root, cls._read_meta(root), _read_index(root / INDEX_NAME))
+        return cls(root, cls._read_meta(root), _read_store_index(root))
 
     @classmethod
-    def create(cls, data_dir: str | os.PathLike, slug: str, meta: dict) -> "FeatureStore":
-        """Open (or start) a store for writing; refuse a folder made with other settings."""
+    def create(cls, data_dir: str | os.PathLike, slug: str, meta: dict,
+               shard: str | None = None) -> "FeatureStore":
+        """Open (or start) a store for writing; refuse a folder made with other settings.
+
+        ``shard``: this process's index file is ``index.<shard>.jsonl`` (one of several writers)."""
         root = Path(data_dir) / cls.SUBDIR / slug
         if (root / META_NAME).is_file():
             old = cls._read_meta(root)
@@ -140,7 +157,7 @@ class FeatureStore:
                                    "remove the folder to rebuild it")
         (root / ARRAYS_DIR).mkdir(parents=True, exist_ok=True)
         write_text_atomic(root / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return cls(root, meta, _read_index(root / INDEX_NAME))
+        return cls(root, meta, _read_store_index(root), shard)
 
     @classmethod
     def _read_meta(cls, root: Path) -> dict:
@@ -218,11 +235,35 @@ class FeatureStore:
             np.save(tmp, np.ascontiguousarray(features, dtype=self.DTYPE))
             os.replace(tmp, path)
         entry = {"id": utt_id, "key": key, "file": rel, "frames": int(T)}
-        with open(self.root / INDEX_NAME, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        line = json.dumps(entry) + "\n"
+        if not self._tail_checked:  # a torn last line (killed writer) must not swallow this one
+            self._tail_checked = True
+            if self._index_file.is_file() and self._index_file.stat().st_size:
+                with open(self._index_file, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        line = "\n" + line
+        with open(self._index_file, "a", encoding="utf-8") as fh:
+            fh.write(line)
             fh.flush()
         self._index[utt_id] = entry
         return path
+
+    def reload(self) -> None:
+        """Read the index again (after another process merged or wrote it)."""
+        self._index = _read_store_index(self.root)
+
+    def merge_index(self) -> None:
+        """Fold the per-process shards into index.jsonl (one line per id), then remove them.
+
+        Main process only, while no other process writes (start and end of an extraction)."""
+        shards = sorted(self.root.glob(SHARD_GLOB))
+        if not shards:
+            return
+        self._index = _read_store_index(self.root)
+        write_text_atomic(self.root / INDEX_NAME, "".join(json.dumps(e) + "\n" for e in self._index.values()))
+        for shard in shards:
+            shard.unlink(missing_ok=True)
 
     def write_rejected(self, rejected: Iterable[dict]) -> Path:
         """The failures of the latest run (replaces the previous run's list)."""
