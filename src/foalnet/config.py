@@ -80,7 +80,8 @@ class TrainConfig:
     select_metric: str = "ua"  # dev metric that picks the best epoch (loss: lowest)
     eval_batch_size: int = 0  # batch size for dev/test; 0 = batch_size
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = end of epoch only
-    keep_checkpoints: int = 0  # checkpoints kept when the run completes (the latest N; 0 = none); while training the latest max(N, 1)
+    # checkpoints left when the run completes (the latest N; 0 = none); while training the latest max(N, 1)
+    keep_checkpoints: int = 0
     save_last: bool = False  # also write last/ (the weights after the final epoch); best/ is always written
     nan_patience: int = 5  # consecutive non-finite losses tolerated before the run stops
     cpu: bool = False  # force CPU even when a GPU is present

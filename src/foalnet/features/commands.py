@@ -98,7 +98,7 @@ def run_extract_audio(args: argparse.Namespace) -> int:
     workers = Workers.from_env()
     try:
         cfg = build_config(args)
-        torch.manual_seed(cfg.train.seed)  # as train_fold: a randomly initialised front end gets training's weights
+        torch.manual_seed(cfg.train.seed)  # as train_fold: a random-init front end gets training's weights
         model = FoalNet(cfg.model).to(workers.device(args.device))
         store, report = build_audio_cache(args.data_dir, model, read_manifest(args.data_dir),
                                           progress=not args.no_progress, workers=workers)

@@ -28,7 +28,8 @@ class Workers:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Workers":
         """Rank and world size the launcher put in the environment (torchrun, accelerate)."""
         env = os.environ if env is None else env
-        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")),
+                   int(env.get("LOCAL_RANK", "0")))
 
     @property
     def is_main(self) -> bool:

@@ -228,7 +228,7 @@ class Engine:
                 save_model_dir(unwrapped, self.run_dir / "best")
             final = epoch + 1 >= self.train_cfg.epochs or (
                 self.train_cfg.max_steps and state.global_step >= self.train_cfg.max_steps)
-            if final and self.train_cfg.save_last:  # the weights after the final epoch (resume uses checkpoints/)
+            if final and self.train_cfg.save_last:  # weights after the final epoch (resume: checkpoints/)
                 save_model_dir(unwrapped, self.run_dir / "last")
             self._write_metrics(state.history)
             self._tensorboard(row, state.global_step)
