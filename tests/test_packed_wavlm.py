@@ -1,11 +1,11 @@
-"""The packed WavLM encoder and the FFT convolution compute what transformers computes.
+"""The packed WavLM encoder computes what transformers computes.
 
-``foalnet.model.wavlm_packed`` re-runs WavLM's encoder layers on valid frames only, with the
-positional convolution by FFT (``foalnet.model.fft_conv``). These tests pin, on the same
-weights: F.conv1d == conv1d_fft (outputs and all gradients); transformers' encoder == the packed
-one on valid frames, for both layer-norm variants, with the FFT and the direct convolution, in
+``foalnet.model.wavlm_packed`` re-runs WavLM's encoder layers on valid frames only, with SDPA and
+the encoder's own modules. These tests pin, on the same weights: transformers' encoder == the
+packed one on valid frames, for both layer-norm variants and WavLM-Large's positional kernel, in
 eval and in training (dropout off), outputs and parameter gradients; padding invariance;
-activation checkpointing; and which models take the path.
+activation checkpointing; a loud failure on an encoder whose internals differ; and which models
+take the path.
 """
 from __future__ import annotations
 
@@ -16,50 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from foalnet.model.audio import HFAudioEncoder
-from foalnet.model.fft_conv import conv1d_fft, dft_basis, fft_size
 from foalnet.model.foalnet import FoalNet, FoalNetConfig
 from foalnet.model.packing import Packing
-from foalnet.model.wavlm_packed import packed_encoder_forward, supports_packed
-
-
-# ------------------------------------------------------------------------------ FFT convolution
-def test_fft_size_is_the_next_5_smooth_number():
-    assert [fft_size(n) for n in (1, 7, 11, 13, 428, 1000, 1001)] == [1, 8, 12, 15, 432, 1000, 1024]
-
-
-@pytest.mark.parametrize("B,C,O,T,K,groups,padding", [
-    (2, 32, 32, 50, 16, 4, 8),  # WavLM-like: even kernel, same padding, grouped
-    (3, 64, 64, 300, 128, 16, 64),  # WavLM-Large's kernel and groups, 6 s of frames
-    (1, 8, 12, 5, 7, 2, 3),  # shorter than the kernel, odd kernel, O != C
-    (2, 6, 4, 20, 3, 1, 0),  # ungrouped, no padding
-])
-def test_conv1d_fft_equals_conv1d_with_gradients(B, C, O, T, K, groups, padding):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(B, C, T, generator=gen, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(O, C // groups, K, generator=gen, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(O, generator=gen, dtype=torch.float64, requires_grad=True)
-    direct = F.conv1d(x, w, b, padding=padding, groups=groups)
-    by_fft = conv1d_fft(x, w, b, padding=padding, groups=groups)
-    assert by_fft.shape == direct.shape
-    torch.testing.assert_close(by_fft, direct, rtol=1e-9, atol=1e-9)
-    weights = torch.randn(direct.shape, generator=gen, dtype=torch.float64)  # a non-uniform upstream gradient
-    grads_direct = torch.autograd.grad((direct * weights).sum(), (x, w, b))
-    grads_fft = torch.autograd.grad((by_fft * weights).sum(), (x, w, b))
-    for g_fft, g_direct in zip(grads_fft, grads_direct):
-        torch.testing.assert_close(g_fft, g_direct, rtol=1e-9, atol=1e-9)
-
-
-def test_conv1d_fft_float32_error_is_rounding_only():
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 64, 300, generator=gen)
-    w = torch.randn(64, 4, 128, generator=gen) / 20
-    direct = F.conv1d(x, w, padding=64, groups=16)
-    assert (conv1d_fft(x, w, padding=64, groups=16) - direct).abs().max() < 1e-5 * direct.abs().max()
-
-
-def test_conv1d_fft_rejects_mismatched_groups():
-    with pytest.raises(ValueError, match="groups=3"):
-        conv1d_fft(torch.zeros(1, 8, 10), torch.zeros(8, 2, 3), groups=3)
+from foalnet.model.wavlm_packed import check_wavlm_internals, packed_encoder_forward, supports_packed
 
 
 # ------------------------------------------------------------------------------ packed encoder
@@ -85,19 +44,7 @@ def _hidden_and_mask(lengths: list[int], seed: int = 0):
     return hidden, mask
 
 
-@pytest.mark.parametrize("n", [12, 15])  # with and without a Nyquist bin
-def test_dft_basis_matches_rfft_and_the_start_of_irfft(n):
-    gen = torch.Generator().manual_seed(0)
-    taps = 5
-    kernels = torch.randn(3, taps, generator=gen, dtype=torch.float64)
-    forward = dft_basis(n, taps, -1.0, torch.complex128, torch.device("cpu"))
-    torch.testing.assert_close(kernels.to(torch.complex128) @ forward.T, torch.fft.rfft(kernels, n=n))
-    spectrum = torch.randn(n // 2 + 1, 4, generator=gen, dtype=torch.complex128)  # any half spectrum
-    inverse = dft_basis(n, taps, +1.0, torch.complex128, torch.device("cpu"), inverse=True)
-    torch.testing.assert_close((spectrum.T @ inverse).real, torch.fft.irfft(spectrum.T, n=n)[:, :taps])
-
-
-VARIANTS = {"large-fft": (True, 128), "large-direct": (True, 16), "base-fft": (False, 128), "base-direct": (False, 16)}
+VARIANTS = {"large-128": (True, 128), "large-16": (True, 16), "base-128": (False, 128), "base-16": (False, 16)}
 LENGTHS = [40, 7, 33, 1]
 
 
@@ -112,7 +59,7 @@ def test_packed_encoder_equals_transformers_on_valid_frames_eval(variant):
     assert packed[~mask].abs().max() == 0  # padding is zero (transformers leaves values there)
 
 
-@pytest.mark.parametrize("variant", ["large-fft", "base-direct"])
+@pytest.mark.parametrize("variant", ["large-128", "base-16"])
 def test_packed_encoder_training_gradients_equal_transformers(variant):
     """Training mode (dropout probabilities 0): same outputs and same gradient for every parameter
     and for the input, under a loss that reads valid frames only (as FoalNet's pooling does)."""
@@ -150,8 +97,8 @@ def test_packed_encoder_runs_under_bf16_autocast_like_transformers():
 
 
 def test_packed_encoder_trains_under_bf16_autocast_like_transformers():
-    """Autocast does not reach backward: the lean ops cast for themselves, so the recomputed
-    attention maps and GELU match the forward pass and every gradient has its parameter's dtype."""
+    """Every gradient has its parameter's dtype and matches transformers' own forward under the
+    same autocast."""
     model = _wavlm(True, 128).train()  # dropout off: the same function on both paths
     hidden, mask = _hidden_and_mask(LENGTHS)
 
@@ -173,6 +120,15 @@ def test_packed_encoder_trains_under_bf16_autocast_like_transformers():
     cosine = torch.nn.functional.cosine_similarity(packed, reference, dim=0).item()
     assert cosine > 0.9999  # bf16 rounding apart, the same gradients
     assert packed.norm() == pytest.approx(reference.norm().item(), rel=1e-3)
+
+
+def test_an_encoder_without_wavlm_internals_fails_loudly_naming_the_part():
+    model = _wavlm(True, 16)
+    check_wavlm_internals(model.encoder)  # transformers' own WavLM passes
+    del model.encoder.layers[0].attention.gru_rel_pos_linear
+    hidden, mask = _hidden_and_mask(LENGTHS)
+    with pytest.raises(RuntimeError, match="missing: attention.gru_rel_pos_linear.*audio_packed_encoder: false"):
+        packed_encoder_forward(model.encoder, hidden, mask)
 
 
 def test_packed_encoder_output_does_not_depend_on_padding():

@@ -34,7 +34,6 @@ from foalnet.model.audio import (
     write_json_atomic,
 )
 from foalnet.model.distributed import gather_batch
-from foalnet.model.lean_ops import dropout, masked_attention
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
 from foalnet.model.packing import Packing
 
@@ -60,7 +59,7 @@ class FoalNetConfig:
     audio_options: dict[str, Any] = field(default_factory=dict)  # registry options / HF config overrides
     freeze_feature_encoder: bool = True  # CNN feature encoder frozen (SPEC §1.1)
     audio_gradient_checkpointing: bool = False  # activation checkpointing inside a transformers encoder
-    audio_packed_encoder: bool = True  # WavLM layers on valid frames only, FFT positional conv (same function)
+    audio_packed_encoder: bool = True  # WavLM layers on valid frames only (same function, less work)
     sample_rate: int = 16000  # Hz expected by the audio encoder
     max_audio_seconds: float = 6.0  # the data crops waveforms to this (96,000 samples at 16 kHz)
     normalize_audio: bool = False  # zero-mean unit-variance per utterance (off in the original)
@@ -179,9 +178,10 @@ class CrossAttentionLayer(nn.Module):
     Queries arrive packed (valid frames only, ``Packing``): the projections, dropout and
     LayerNorm run on valid frames; attention unpacks them. Padded query frames never reached the
     output (the stack pools valid frames), so this is the padded layer's function.
-    Fused ``scaled_dot_product_attention`` with a boolean mask: masked scores get -inf where the
-    original wrote -10000 (identical after softmax in float32). A row with no valid key has no
-    attention to define: its attention output is zero (the residual and out_proj bias remain).
+    torch's ``scaled_dot_product_attention`` with a boolean mask: masked scores get -inf where the
+    original wrote -10000 (identical after softmax in float32, and no overflow in float16). A row
+    with no valid key has no attention to define: its attention output is zero (the residual and
+    out_proj bias remain).
     """
 
     def __init__(self, query_dim: int, key_dim: int, num_heads: int, dropout: float) -> None:
@@ -221,7 +221,7 @@ class CrossAttentionLayer(nn.Module):
         if no_key is not None:  # rare (a video with no frame)
             out = out.masked_fill(no_key[:, None, None, None], 0.0)
         out = packing.pack(out.transpose(1, 2).reshape(B, Lq, D))  # (N', D)
-        out = dropout(self.out_proj(out), self.dropout.p, self.training)  # bool-mask dropout
+        out = self.dropout(self.out_proj(out))
         return self.norm(out + query), packing
 
 
@@ -261,16 +261,19 @@ class CrossAttentionStack(nn.Module):
 def key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor,
                          context_index: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention of q [B,H,Lq,d] on k, v [M,H,Lk,d] with a boolean key-padding
-    mask [B,1,1,Lk]; query row r attends to context row ``context_index[r]`` (default r). On CPU
-    ``lean_ops.masked_attention`` (the same function; keeps q and the M context rows for backward,
-    where torch's fused CPU kernel would keep B gathered rows and its output); elsewhere torch's
-    fused kernels on the gathered rows (index_select: a plain gather)."""
-    if q.device.type != "cpu":
-        if context_index is not None:
-            k, v = k.index_select(0, context_index), v.index_select(0, context_index)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
-    key_bias = torch.zeros(keys.shape, dtype=q.dtype, device=q.device).masked_fill_(~keys, float("-inf"))
-    return masked_attention(q, k, v, key_bias, scale=1.0 / math.sqrt(q.shape[-1]), kv_index=context_index)
+    mask [B,1,1,Lk]; query row r attends to context row ``context_index[r]`` (default r, M = B).
+    torch's SDPA on every device (index_select: a plain gather of the context rows)."""
+    if context_index is not None:
+        k, v = k.index_select(0, context_index), v.index_select(0, context_index)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows [B, P] in float32; a zero row stays zero with a bounded gradient.
+    F.normalize's eps (1e-12) is 0 in float16, and its gradient at a zero row is 1/eps."""
+    x = x.float()
+    norm = x.norm(dim=-1, keepdim=True)
+    return x / torch.where(norm > 0, norm, 1.0)
 
 
 def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -414,10 +417,15 @@ class FoalNet(nn.Module):
     # ---- alignment
     def align(self, audio: torch.Tensor, audio_mask: torch.Tensor, video: torch.Tensor,
               video_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked means -> projections -> L2-normalised [B,P] audio and video embeddings."""
-        a = F.normalize(self.audio_proj(masked_mean(audio, audio_mask)), dim=-1)
-        v = F.normalize(self.video_proj(masked_mean(video, video_mask)), dim=-1)
-        return a, v
+        """Masked means -> projections -> L2-normalised [B,P] audio and video embeddings.
+
+        An utterance with no frame of a modality has nothing to align: its embedding is zero and
+        takes no gradient (its similarities are 0). Projected, it would be the LayerNorm bias
+        alone, whose normalisation has gradients of 1/|bias| times LayerNorm's 1/sqrt(eps): NaN
+        under float16 once scaled for the backward pass."""
+        a = unit_rows(self.audio_proj(masked_mean(audio, audio_mask)))
+        v = unit_rows(self.video_proj(masked_mean(video, video_mask)))
+        return a.masked_fill(~audio_mask.any(1, keepdim=True), 0.0), v.masked_fill(~video_mask.any(1, keepdim=True), 0.0)
 
     # ---- fusion
     def fuse(self, audio: torch.Tensor, audio_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor,

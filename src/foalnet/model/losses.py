@@ -13,10 +13,12 @@ SAME_LABEL_FILL = -10000.0
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over valid time steps: x [B,T,D], mask [B,T] bool -> [B,D]; no valid step -> zeros."""
-    weights = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T)
-    count = weights.sum(dim=2).clamp(min=1.0)  # (B, 1)
-    return torch.bmm(weights, x).squeeze(1) / count  # one pass over x, forward and backward
+    """Mean over valid time steps: x [B,T,D], mask [B,T] bool -> [B,D] float32; no valid step ->
+    zeros. Summed in float32 with autocast off: a float16 sum over hundreds of frames overflows."""
+    with torch.autocast(x.device.type, enabled=False):
+        weights = mask.float().unsqueeze(1)  # (B, 1, T)
+        count = weights.sum(dim=2).clamp(min=1.0)  # (B, 1)
+        return torch.bmm(weights, x.float()).squeeze(1) / count  # one pass over x, forward and backward
 
 
 def label_targets(labels: torch.Tensor, labels_all: torch.Tensor) -> torch.Tensor:

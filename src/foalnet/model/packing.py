@@ -49,10 +49,11 @@ class Packing:
         return self.mask.sum(-1)
 
     def mean(self, packed: torch.Tensor) -> torch.Tensor:
-        """Mean of each row's valid frames [B, D] (zeros for a row with none)."""
+        """Mean of each row's valid frames [B, D] float32 (zeros for a row with none); summed in
+        float32, where a float16 sum over hundreds of frames would overflow."""
         D = packed.shape[-1]
         if self.full:
-            return packed.view(self.batch, self.length, D).mean(1)
+            return packed.view(self.batch, self.length, D).float().mean(1)
         rows = self.index // self.length
-        total = packed.new_zeros(self.batch, D).index_add_(0, rows, packed)
-        return total / self.counts().clamp(min=1).to(packed.dtype)[:, None]
+        total = packed.new_zeros(self.batch, D, dtype=torch.float32).index_add_(0, rows, packed.float())
+        return total / self.counts().clamp(min=1).float()[:, None]

@@ -4,34 +4,38 @@ transformers' ``WavLMEncoder`` / ``WavLMEncoderStableLayerNorm`` compute every l
 batch. In a training batch of IEMOCAP-like lengths (1-8 s, cut at 6 s) about a third of the frames
 are padding, and everything but attention's T x T product is per-frame work: layer norms, the
 q/k/v/output projections, the feed-forward block, dropout. Here those run on the packed [N, H]
-valid frames; attention scatters q, k, v back to [B, heads, T, d] with the key-padding mask, so
-each valid frame sees exactly the keys it sees in transformers. The positional convolution runs
-on the padded batch (padding is zero there, as in transformers) by FFT (``fft_conv``). Attention,
-the feed-forward's GELU and dropout are ``lean_ops``' (same functions, bool dropout masks, no
-[T, T] map and no GELU output kept for backward).
+valid frames (``Packing``), with the encoder's own modules; attention unpacks q, k, v to
+[B, heads, T, d] and runs torch's ``scaled_dot_product_attention`` with WavLM's gated relative
+position bias and the key padding in one float ``attn_mask``, so each valid frame sees exactly the
+keys it sees in transformers. The positional convolution is the encoder's own module, on the
+padded batch (padding is zero there, as in transformers). Nothing here is a custom kernel: every
+device runs torch's and transformers' own code, in whatever dtype autocast gives it.
 
-Valid frames come out equal to transformers' (within float rounding; padded frames are zero
-here and arbitrary there, and nothing downstream reads them), with the same modules and weights,
-so checkpoints are unchanged. Training randomness (dropout, LayerDrop) has the same distribution
-but is drawn in a different order. tests/test_packed_wavlm.py pins the equality for both layer
-norm variants, in eval and in training with dropout off, outputs and gradients.
+Valid frames come out equal to transformers' (within float rounding; padded frames are zero here
+and arbitrary there, and nothing downstream reads them), with the same modules and weights, so
+checkpoints are unchanged. Training randomness (dropout, LayerDrop) has the same distribution but
+is drawn in a different order. tests/test_packed_wavlm.py pins the equality for both layer norm
+variants, in eval and in training with dropout off, outputs and gradients.
 
-``supports_packed(model)`` says whether a transformers model can take this path (WavLM only).
+The gate of the position bias is WavLM's own arithmetic on attributes of ``WavLMAttention``
+(``gru_rel_pos_linear``, ``gru_rel_pos_const``, ``compute_bias``), which transformers does not
+promise to keep: ``check_wavlm_internals`` fails loudly, naming what is missing, when an encoder
+does not have them, and pyproject.toml pins transformers to the tested range.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foalnet.model.fft_conv import conv1d_fft
-from foalnet.model.lean_ops import dropout, gated_bias_attention, gelu_dropout_linear
 from foalnet.model.packing import Packing
 
-# The FFT pays off for long kernels (WavLM: 128); short ones (tiny test models) stay direct.
-FFT_MIN_KERNEL = 32
+# What the packed path reads of transformers' WavLM modules, by module.
+ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "gru_rel_pos_linear", "gru_rel_pos_const",
+                   "compute_bias", "num_heads", "head_dim", "dropout")
+LAYER_PARTS = ("attention", "layer_norm", "dropout", "feed_forward", "final_layer_norm")
+ENCODER_PARTS = ("pos_conv_embed", "layer_norm", "dropout", "layers", "config")
 
 
 def supports_packed(model: nn.Module) -> bool:
@@ -39,71 +43,69 @@ def supports_packed(model: nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == "wavlm" and hasattr(model, "encoder")
 
 
-def positional_embedding(pos_conv_embed: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """WavLMPositionalConvEmbedding.forward with the convolution by FFT for long kernels."""
-    conv = pos_conv_embed.conv
-    x = hidden.transpose(1, 2)
-    if conv.kernel_size[0] >= FFT_MIN_KERNEL:
-        x = conv1d_fft(x, conv.weight, conv.bias, padding=conv.padding[0], groups=conv.groups)
-    else:
-        x = conv(x)
-    x = pos_conv_embed.padding(x)  # drops the last frame for even kernels
-    return pos_conv_embed.activation(x).transpose(1, 2)
+def check_wavlm_internals(encoder: nn.Module) -> None:
+    """Raise RuntimeError unless ``encoder`` has every part of transformers' WavLM this module
+    uses, with the gate projection's known shape: a transformers release whose WavLM differs must
+    fail here, not compute something else."""
+    missing = [f"encoder.{p}" for p in ENCODER_PARTS if not hasattr(encoder, p)]
+    layers = getattr(encoder, "layers", [])
+    if len(layers):
+        layer = layers[0]
+        missing += [f"layer.{p}" for p in LAYER_PARTS if not hasattr(layer, p)]
+        attn = getattr(layer, "attention", None)
+        missing += [f"attention.{p}" for p in ATTENTION_PARTS if not hasattr(attn, p)]
+        gate = getattr(attn, "gru_rel_pos_linear", None)
+        if gate is not None and getattr(gate, "out_features", None) != 8:
+            missing.append("attention.gru_rel_pos_linear with 8 outputs")
+        if not hasattr(getattr(attn, "rel_attn_embed", None), "weight"):
+            missing.append("layers[0].attention.rel_attn_embed")
+    if missing:
+        import transformers
+
+        raise RuntimeError(
+            f"the packed WavLM encoder does not match transformers {transformers.__version__}'s WavLM "
+            f"(missing: {', '.join(missing)}); set audio_packed_encoder: false to use transformers' own "
+            "forward, or install the transformers range of pyproject.toml")
+
+
+def position_gate(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """WavLM's per-query gate of the relative position bias, from each frame's own input:
+    x [N, H] -> [N, heads, 1]."""
+    heads, d = attn.num_heads, attn.head_dim
+    proj = attn.gru_rel_pos_linear(x.reshape(-1, heads, d))  # (N, heads, 8)
+    gate_a, gate_b = torch.sigmoid(proj.view(-1, heads, 2, 4).sum(-1)).chunk(2, dim=-1)  # (N, heads, 1) each
+    return gate_a * (gate_b * attn.gru_rel_pos_const.view(1, heads, 1) - 1.0) + 2.0
 
 
 def attention(attn: nn.Module, x: torch.Tensor, packing: Packing, position_bias: torch.Tensor,
-              key_mask: torch.Tensor) -> torch.Tensor:
+              key_bias: torch.Tensor) -> torch.Tensor:
     """WavLMAttention on packed frames x [N, H] -> [N, H].
 
     position_bias [heads, T, T] (layer 0's relative-position buckets), gated per query frame as
-    in WavLM; key_mask [B, 1, 1, T] is 0 for valid keys and -inf for padding."""
-    B, T, heads = packing.batch, packing.length, attn.num_heads
-    d = attn.head_dim
-    # gate of the relative position bias, from each query frame's own input
-    proj = attn.gru_rel_pos_linear(x.reshape(-1, heads, d))  # [N, heads, 8]
-    gate_a, gate_b = torch.sigmoid(proj.view(-1, heads, 2, 4).sum(-1)).chunk(2, dim=-1)  # [N, heads, 1] each
-    gate = gate_a * (gate_b * attn.gru_rel_pos_const.view(1, heads, 1) - 1.0) + 2.0
-    gate = packing.unpack(gate).permute(0, 2, 1, 3)  # [B, heads, T, 1]; padded queries: 0
+    in WavLM; key_bias [B, 1, 1, T] is 0 for valid keys and -inf for padding."""
+    B, T, heads, d = packing.batch, packing.length, attn.num_heads, attn.head_dim
 
     def heads_first(t: torch.Tensor) -> torch.Tensor:
-        return packing.unpack(t).view(B, T, heads, d).transpose(1, 2)
+        return packing.unpack(t).view(B, T, heads, d).transpose(1, 2)  # (B, heads, T, d)
 
-    q, k, v = (heads_first(proj_(x)) for proj_ in (attn.q_proj, attn.k_proj, attn.v_proj))
-    # softmax(q k^T / sqrt(d) + gate * position_bias + key_mask), without a [B, heads, T, T] map kept
-    out = gated_bias_attention(q, k, v, gate, position_bias, key_mask, scale=1.0 / math.sqrt(d),
-                               dropout_p=attn.dropout if attn.training else 0.0)
-    out = packing.pack(out.transpose(1, 2).reshape(B, T, heads * d))
-    return attn.out_proj(out)
-
-
-def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """WavLMFeedForward with dropout that keeps a bool mask; with exact GELU (WavLM's), the
-    activation is recomputed in backward instead of kept."""
-    h = ff.intermediate_dense(x)
-    if is_exact_gelu(ff.intermediate_act_fn):
-        h = gelu_dropout_linear(h, ff.output_dense.weight, ff.output_dense.bias, ff.intermediate_dropout.p, ff.training)
-    else:
-        h = ff.output_dense(dropout(ff.intermediate_act_fn(h), ff.intermediate_dropout.p, ff.training))
-    return dropout(h, ff.output_dropout.p, ff.training)
-
-
-def is_exact_gelu(act: nn.Module) -> bool:
-    """transformers' ``GELUActivation`` on torch's erf GELU (``hidden_act="gelu"``), or nn.GELU()."""
-    if isinstance(act, nn.GELU):
-        return act.approximate == "none"
-    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
+    q, k, v = (heads_first(proj(x)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    gate = packing.unpack(position_gate(attn, x)).permute(0, 2, 1, 3)  # (B, heads, T, 1); padded queries: 0
+    bias = (gate * position_bias + key_bias).to(q.dtype)  # (B, heads, T, T)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                         dropout_p=attn.dropout if attn.training else 0.0)
+    return attn.out_proj(packing.pack(out.transpose(1, 2).reshape(B, T, heads * d)))
 
 
 def layer_forward(layer: nn.Module, x: torch.Tensor, packing: Packing, position_bias: torch.Tensor,
-                  key_mask: torch.Tensor, stable: bool) -> torch.Tensor:
-    """One WavLM encoder layer on packed frames: pre-LN (``stable``, WavLM-Large) or post-LN."""
+                  key_bias: torch.Tensor, stable: bool) -> torch.Tensor:
+    """One WavLM encoder layer on packed frames [N, H]: pre-LN (``stable``, WavLM-Large) or post-LN."""
     if stable:
-        h = attention(layer.attention, layer.layer_norm(x), packing, position_bias, key_mask)
-        x = x + dropout(h, layer.dropout.p, layer.training)
-        return x + feed_forward(layer.feed_forward, layer.final_layer_norm(x))
-    h = attention(layer.attention, x, packing, position_bias, key_mask)
-    x = layer.layer_norm(x + dropout(h, layer.dropout.p, layer.training))
-    return layer.final_layer_norm(x + feed_forward(layer.feed_forward, x))
+        h = attention(layer.attention, layer.layer_norm(x), packing, position_bias, key_bias)
+        x = x + layer.dropout(h)
+        return x + layer.feed_forward(layer.final_layer_norm(x))
+    h = attention(layer.attention, x, packing, position_bias, key_bias)
+    x = layer.layer_norm(x + layer.dropout(h))
+    return layer.final_layer_norm(x + layer.feed_forward(x))
 
 
 def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,25 +113,26 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
 
     hidden [B, T, H] (projected CNN features after SpecAugment), mask [B, T] bool, every row with
     at least one valid frame."""
+    check_wavlm_internals(encoder)
     stable = type(encoder).__name__.endswith("StableLayerNorm")
     hidden = hidden.masked_fill(~mask.unsqueeze(-1), 0.0)
-    hidden = hidden + positional_embedding(encoder.pos_conv_embed, hidden)
+    hidden = hidden + encoder.pos_conv_embed(hidden)
     if not stable:
         hidden = encoder.layer_norm(hidden)
     packing = Packing(mask)
-    x = dropout(packing.pack(hidden), encoder.dropout.p, encoder.training)
+    x = encoder.dropout(packing.pack(hidden))  # (N, H)
     T = hidden.shape[1]
-    position_bias = encoder.layers[0].attention.compute_bias(T, T)  # [heads, T, T]
-    key_mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
-    key_mask = key_mask.masked_fill(~mask, float("-inf"))[:, None, None, :]
+    position_bias = encoder.layers[0].attention.compute_bias(T, T)  # (heads, T, T)
+    key_bias = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    key_bias = key_bias.masked_fill(~mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
     layerdrop = encoder.config.layerdrop if encoder.training else 0.0
     for i, layer in enumerate(encoder.layers):
         if i > 0 and layerdrop > 0.0 and torch.rand([]) < layerdrop:  # LayerDrop, as transformers
             continue
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
-            x = checkpoint(layer_forward, layer, x, packing, position_bias, key_mask, stable, use_reentrant=False)
+            x = checkpoint(layer_forward, layer, x, packing, position_bias, key_bias, stable, use_reentrant=False)
         else:
-            x = layer_forward(layer, x, packing, position_bias, key_mask, stable)
+            x = layer_forward(layer, x, packing, position_bias, key_bias, stable)
     if stable:
         x = encoder.layer_norm(x)
     return packing.unpack(x)
