@@ -16,6 +16,7 @@ import csv
 import io
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,47 @@ LOSS_PARTS = ("ce", "avel", "mem")
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+class TaggedAccelerator:
+    """An accelerator whose ``print`` starts every line with ``[tag]`` (row, seed, fold).
+
+    ``demo`` trains ablation rows in processes side by side, so their lines interleave on one
+    console; everything a run prints goes through ``accelerator.print``, so tagging it here
+    labels every line without threading a tag through each function. All else is delegated.
+    ``progress_bars``: None = only when stderr is a terminal (see ``show_progress_bars``).
+    """
+
+    def __init__(self, accelerator: Any, tag: str, progress_bars: bool | None = None) -> None:
+        self._accelerator = accelerator
+        self.tag = tag
+        self.progress_bars = progress_bars
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._accelerator, name)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._accelerator.is_local_main_process:
+            print(f"[{self.tag}]", *args, **{"flush": True, **kwargs})
+
+
+def tagged(accelerator: Any, tag: str, progress_bars: bool | None = None) -> TaggedAccelerator:
+    """``accelerator`` with ``tag`` appended to its tag (``full`` + ``fold 2`` = ``[full fold 2]``)."""
+    if isinstance(accelerator, TaggedAccelerator):
+        bars = accelerator.progress_bars if progress_bars is None else progress_bars
+        return TaggedAccelerator(accelerator._accelerator, f"{accelerator.tag} {tag}".strip(), bars)
+    return TaggedAccelerator(accelerator, tag, progress_bars)
+
+
+def show_progress_bars(accelerator: Any, stream: Any = None) -> bool:
+    """Bars for a person at a terminal only: redirected to a log file, every redraw would be a
+    carriage-return fragment, so there the epoch line (one per epoch) is the whole record."""
+    wanted = getattr(accelerator, "progress_bars", None)
+    if wanted is not None:
+        return bool(wanted) and accelerator.is_local_main_process
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return accelerator.is_local_main_process and bool(isatty and isatty())
 
 
 class Hooks:
@@ -102,7 +144,17 @@ class Engine:
             if cfg.max_steps and state.global_step >= cfg.max_steps:
                 break
         state.finished = True
+        if self.accelerator.is_main_process:
+            self._write_curves(state)
         return state
+
+    def _write_curves(self, state: TrainerState) -> None:
+        """RUN_DIR/learning_curves.png from the epoch rows, the selected epoch marked."""
+        from foalnet.train.figures import write_learning_curves
+
+        title = getattr(self.accelerator, "tag", "") or self.run_dir.name
+        write_learning_curves(self.run_dir, state.history, state.best_epoch, self.select_name,
+                              title=f"{title}: selected on {self.select_name}")
 
     def evaluate(self, model, loader, targets: list[int]) -> EvalResult:
         """Logits of every item, gathered over processes (``gather_for_metrics``), + metrics."""
@@ -140,9 +192,10 @@ class Engine:
             loader = acc.skip_first_batches(train_loader, state.step_in_epoch)
         if hasattr(loader, "set_epoch"):  # accelerate's loaders re-set the sampler epoch on iter
             loader.set_epoch(epoch)
+        tag = getattr(acc, "tag", "")
         bar = tqdm(total=len(train_loader), initial=state.step_in_epoch, leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not acc.is_local_main_process,
-                   dynamic_ncols=True)
+                   desc=f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not show_progress_bars(acc), dynamic_ncols=True)
         running = state.running
         for batch in loader:
             self._note_failed(state, batch["failed"])

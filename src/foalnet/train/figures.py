@@ -1,0 +1,97 @@
+"""Learning-curve figures: train/dev loss and dev UA per epoch, the selected epoch marked.
+
+Drawn on a ``matplotlib.figure.Figure`` with its own Agg canvas, never through pyplot: pyplot
+keeps a process-wide backend and figure registry, and library code must not change the
+caller's matplotlib state (a notebook user keeps their inline backend). PNG bytes are returned
+so the HTML report can embed them without touching the disk.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+CURVES_FILE = "learning_curves.png"
+
+
+def _values(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of the rows where ``key`` holds a finite number (CSV cells are strings)."""
+    xs, ys = [], []
+    for row in history:
+        try:
+            value = float(row.get(key, ""))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            xs.append(int(float(row["epoch"])))
+            ys.append(value)
+    return xs, ys
+
+
+def learning_curves_png(history: list[dict], selected_epoch: int | None, select_name: str = "dev",
+                        title: str = "", dpi: int = 90) -> bytes:
+    """PNG of two panels: train and ``select_name`` loss, ``select_name`` UA, per epoch.
+
+    ``history``: the rows of metrics.csv (``epoch``, ``train_loss``, ``dev_loss``, ``dev_ua``;
+    ``test_*`` under the paper's select-on-test protocol). A dashed line marks the epoch whose
+    weights were kept, so a reader sees how far selection is from the last epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 2.6))
+    FigureCanvasAgg(fig)
+    loss_ax, ua_ax = fig.subplots(1, 2)
+    # dev loss is cross-entropy only; train CE beside it compares like with like, and the
+    # total training loss (CE + AVEL + 0.1 MEM) is drawn thin
+    marker = "." if len(history) < 40 else None
+    for key, label, style in (("train_ce", "train CE", "-"), ("train_loss", "train total", ":"),
+                              (f"{select_name}_loss", f"{select_name} CE", "-")):
+        xs, ys = _values(history, key)
+        if xs:
+            loss_ax.plot(xs, ys, style, marker=marker if style == "-" else None, label=label)
+    xs, ys = _values(history, f"{select_name}_ua")
+    if xs:
+        ua_ax.plot(xs, [100 * y for y in ys], marker=marker,
+                   color="tab:green", label=f"{select_name} UA %")
+    for ax, name in ((loss_ax, "loss"), (ua_ax, f"{select_name} UA %")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if selected_epoch is not None:
+            ax.axvline(selected_epoch, color="tab:red", linestyle="--", linewidth=1,
+                       label=f"selected (epoch {selected_epoch})")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """metrics.csv rows of a run (empty when the run wrote none)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_learning_curves(run_dir: str | Path, history: list[dict], selected_epoch: int | None,
+                          select_name: str = "dev", title: str = "") -> Path:
+    """``RUN_DIR/learning_curves.png`` (atomic: a reader never sees half a PNG)."""
+    path = Path(run_dir) / CURVES_FILE
+    data = learning_curves_png(history, selected_epoch, select_name, title)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
