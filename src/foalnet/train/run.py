@@ -166,13 +166,15 @@ def prepare_audio_cache(cfg: ExperimentConfig, fold: FoldData, model, acc) -> tu
     there. Items whose audio cannot be read come back in the dict and are reported like any other
     failed item."""
     from foalnet.features.audio_cache import build_audio_cache
+    from foalnet.train.loop import show_progress_bars
 
     if not (cfg.data.cache_audio and model.uses_audio) or model.audio_frontend_fingerprint() is None:
         return None, {}
     records = fold.train + fold.dev + fold.test
     store = report = None
     if acc.is_main_process:
-        store, report = build_audio_cache(cfg.data.data_dir, model, records)
+        store, report = build_audio_cache(cfg.data.data_dir, model, records,
+                                          progress=show_progress_bars(acc))  # no bar in a log
         acc.print(report.summary())
     acc.wait_for_everyone()
     if not acc.is_main_process:  # everything is there now: this only checks the keys
