@@ -134,9 +134,15 @@ def test_sigkill_at_any_moment_then_resume_is_exact(data_dir, reference, tmp_pat
             if ckpts.is_dir() and any(p.name.startswith((".tmp-e0001", "e0001-s")) for p in ckpts.iterdir()):
                 break  # writing (or just wrote) a mid-epoch checkpoint in epoch 2
             time.sleep(0.005)
+        running_at_kill = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
+    assert running_at_kill, "the run ended before the kill: the test resumed nothing"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()  # killed mid-run, not after the end
     from foalnet.cli import main
 
     assert main(["train", "--resume", str(run)]) == 0
