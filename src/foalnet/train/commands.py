@@ -1,4 +1,4 @@
-"""CLI of the training stage: ``foalnet train``, ``cv``, ``ablate`` and the offline ``demo``.
+"""CLI of the training stage: ``foalnet train``, ``cv``, ``ablate``, ``svm`` and the offline ``demo``.
 
 Each command builds an ``ExperimentConfig`` the same way: preset (or ``--config FILE.yaml``) ->
 DATA_DIR / fold / modality / select-on-test from the flags -> ``--set section.key=value``
@@ -55,6 +55,22 @@ def _parse_folds(text: str | None) -> list[int] | None:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--folds {text!r}: expected comma-separated integers like 1,2,3") from None
+
+
+def _parse_seeds(text: str | None, overrides: list[str]) -> list[int] | None:
+    """``--seeds 1,2,3`` as integers; refused beside ``--set train.seed=`` (which one would win?)."""
+    if not text:
+        return None
+    if any(item.split("=", 1)[0].strip() == "train.seed" for item in overrides):
+        raise ValueError("--seeds and --set train.seed: give one of them (each seed of --seeds "
+                         "is a train.seed)")
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers like 1,2,3") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: expected distinct integers like 1,2,3")
+    return seeds
 
 
 def _add_common(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
@@ -154,10 +170,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_cv(args: argparse.Namespace) -> int:
-    from foalnet.train.cv import run_cv
+    from foalnet.train.cv import run_cv, run_seeds
 
+    seeds = _parse_seeds(args.seeds, args.set)
     cfg = build_config(args)
-    summary = run_cv(cfg, Path(args.out), folds=_parse_folds(args.folds))
+    if seeds:
+        summary = run_seeds(cfg, Path(args.out), seeds, folds=_parse_folds(args.folds))
+    else:
+        summary = run_cv(cfg, Path(args.out), folds=_parse_folds(args.folds))
     print(Path(args.out, "report.md").read_text() if Path(args.out, "report.md").is_file() else summary)
     return _finish("cross-validation", Path(args.out), summary["skipped_items"])
 
@@ -182,13 +202,45 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from foalnet.train.cv import rejected_ids
 
     refuse_row_settings(args.modality, args.set)
+    seeds = _parse_seeds(args.seeds, args.set)
     cfg = build_config(args)
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
-    results = run_ablation(cfg, Path(args.out), rows=rows, folds=_parse_folds(args.folds))
+    results = run_ablation(cfg, Path(args.out), rows=rows, folds=_parse_folds(args.folds),
+                           seeds=seeds)
     print(ablation_markdown(results))
     # an unreadable file fails in every row and fold that reads it: count it once
-    skipped = len(set().union(*(rejected_ids(Path(args.out) / row) for row in results)))
+    skipped = len(set().union(*(rejected_ids(Path(args.out) / row / (f"seed{s}" if seeds else ""))
+                                for row in results for s in (seeds or [None]))))
     return _finish("ablation", Path(args.out), skipped, listed_in="<row>/rejected.jsonl")
+
+
+@_guard
+def cmd_report(args: argparse.Namespace) -> int:
+    from foalnet.train.report import write_report
+
+    path = write_report(Path(args.dir), Path(args.out) if args.out else None)
+    print(f"report written to {path}")
+    return 0
+
+
+def _parse_grid(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers like 0.1,1,10") from None
+
+
+@_guard
+def cmd_svm(args: argparse.Namespace) -> int:
+    from foalnet.train.svm import SvmSettings, run_svm_cv
+
+    settings = SvmSettings(speaker_norm=args.speaker_norm, c_grid=_parse_grid(args.c_grid, "--c-grid"),
+                           gamma_grid=_parse_grid(args.gamma_grid, "--gamma-grid"),
+                           inner_folds=args.inner_folds)
+    summary = run_svm_cv(args.data_dir, Path(args.out), folds=_parse_folds(args.folds),
+                         settings=settings, progress=not args.no_progress)
+    print(Path(args.out, "report.md").read_text())
+    return _finish("eGeMAPS SVM baseline", Path(args.out), summary["skipped_items"])
 
 
 @_guard
@@ -213,14 +265,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(cv)
     cv.add_argument("--out", required=True, metavar="CV_DIR")
     cv.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all)")
+    cv.add_argument("--seeds", metavar="1,2,...",
+                    help="one full CV per train.seed into CV_DIR/seed<S>/, summary over seeds")
     cv.set_defaults(func=cmd_cv)
 
     ablate = subparsers.add_parser("ablate", help="paper Table 2 rows through cv")
     _add_common(ablate)
     ablate.add_argument("--out", required=True, metavar="DIR")
     ablate.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all)")
-    ablate.add_argument("--rows", metavar="ROW,...", help="only these rows (default: all six)")
+    ablate.add_argument("--rows", metavar="ROW,...", help="only these rows (default: the six paper rows and egemaps_svm)")
+    ablate.add_argument("--seeds", metavar="1,2,...",
+                        help="each row one CV per train.seed (DIR/<row>/seed<S>/), std over seeds")
     ablate.set_defaults(func=cmd_ablate)
+
+    report = subparsers.add_parser(
+        "report", help="one self-contained HTML report of a run, CV, seeds or ablation folder")
+    report.add_argument("dir", metavar="DIR", help="a run, cv, seeds or ablation output folder")
+    report.add_argument("--out", metavar="FILE.html", help="output file (default: DIR/report.html)")
+    report.set_defaults(func=cmd_report)
+
+    svm = subparsers.add_parser(
+        "svm", help="classical baseline: eGeMAPS functionals + RBF-SVM on the folds of cv")
+    svm.add_argument("data_dir", metavar="DATA_DIR", help="prepared data folder")
+    svm.add_argument("--out", required=True, metavar="DIR")
+    svm.add_argument("--folds", metavar="1,2,...", help="only these test folds (default: all)")
+    svm.add_argument("--speaker-norm", action="store_true",
+                     help="z-normalise each speaker's features with its own mean/std (no labels)")
+    svm.add_argument("--c-grid", default="0.1,0.3,1,3,10,30",
+                     help="SVM C candidates, chosen per fold on the training speakers")
+    svm.add_argument("--gamma-grid", default="0.25,1,4",
+                     help="RBF gamma candidates as multiples of 1/n_features")
+    svm.add_argument("--inner-folds", type=int, default=5,
+                     help="speaker-grouped inner CV folds for choosing C/gamma (default 5)")
+    svm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    svm.set_defaults(func=cmd_svm)
 
     demo = subparsers.add_parser(
         "demo", help="offline end to end: synth -> prepare -> extract-visual tiny -> cv tiny -> table")

@@ -7,6 +7,13 @@ references are released afterwards (``free_memory``). Outputs: ``summary.json``
 "protocol", "skipped_items" (distinct ids), "skipped_per_fold", ...}``, fractions, std = sample
 standard deviation over folds, ci95 = 95 % bootstrap interval of the mean, see ``bootstrap``), ``confusion.png`` (pooled over folds) and
 ``report.md`` (per-fold and mean +- std rows).
+
+Seeds (``run_seeds``, ``foalnet cv --seeds 1,2,3``): each seed (``train.seed``: model init,
+sampler draws, dev speakers) is a full CV in ``CV_DIR/seed<S>/`` (resumable like folds), and
+``CV_DIR/summary.json`` holds the summary over seeds x folds: ``{"seeds", "ua": {"mean" (of the
+seeds' CV means), "std" (sample std over seeds of the CV means), "per_seed", "per_seed_fold",
+"ci95" (bootstrap, strata = seed x fold)}, ..., "per_seed": [row per seed], "std_over": "seeds"}``.
+Console lines of a fold are tagged ``[fold K]`` (``[<row> seed S fold K]`` inside an ablation).
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import numpy as np
 
 from foalnet.config import ExperimentConfig
 from foalnet.data.files import write_text_atomic
+from foalnet.train.loop import tagged
 from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
                                    bootstrap_cv, metrics_from_confusion, plot_confusion)
 from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, train_fold
@@ -43,28 +51,137 @@ def run_cv(cfg: ExperimentConfig, cv_dir: str | Path, folds: list[int] | None = 
 
     cv_dir = Path(cv_dir)
     accelerator = accelerator or resolve_accelerator(cfg)
-    available = manifest_folds(cfg.data.data_dir)
-    folds = folds or available
-    unknown = sorted(set(folds) - set(available))
-    if unknown:
-        raise ValueError(f"folds {unknown} are not in the manifest (folds: {available})")
-    for fold in folds:  # refuse before any training: never mix settings in one folder
-        check_same_config(cv_dir / f"fold{fold}", replace(cfg, data=replace(cfg.data, fold=fold)))
+    folds = check_folders(cfg, cv_dir, folds)
+    check_layout(cv_dir, seeded=False)
+    done = [fold for fold in folds if is_complete(cv_dir / f"fold{fold}")]
+    if done:  # one line per CV (per ablation row), not one per fold
+        accelerator.print(f"folds {', '.join(map(str, done))} already complete in {cv_dir}: "
+                          "reused, not re-run")
     summaries = {}
     for fold in folds:
         fold_dir = cv_dir / f"fold{fold}"
-        if is_complete(fold_dir):
-            logger.info("fold %s already complete in %s: not re-run", fold, fold_dir)
+        if fold in done:
             summaries[fold] = json.loads((fold_dir / SUMMARY_FILE).read_text())
             continue
         fold_cfg = replace(cfg, data=replace(cfg.data, fold=fold))
         resume = (fold_dir / "checkpoints").is_dir()
-        summaries[fold] = train_fold(fold_cfg, fold_dir, resume=resume, accelerator=accelerator)
+        summaries[fold] = train_fold(fold_cfg, fold_dir, resume=resume,
+                                     accelerator=tagged(accelerator, f"fold {fold}"))
     summary = summarize(summaries, cfg, rejected_rows(cv_dir, folds))
     add_intervals(summary, fold_predictions(cv_dir, folds, summary["labels"]))
     if accelerator.is_main_process:
         write_cv_outputs(cv_dir, summary, title or f"cross-validation ({cfg.model.modality})")
     return summary
+
+
+def check_folders(cfg: ExperimentConfig, cv_dir: Path, folds: list[int] | None) -> list[int]:
+    """The folds to run (default: the manifest's), after refusing unknown folds and fold folders
+    of other settings: checked before any training, so nothing is mixed or half-run."""
+    available = manifest_folds(cfg.data.data_dir)
+    folds = folds or available
+    unknown = sorted(set(folds) - set(available))
+    if unknown:
+        raise ValueError(f"folds {unknown} are not in the manifest (folds: {available})")
+    for fold in folds:
+        check_same_config(cv_dir / f"fold{fold}", replace(cfg, data=replace(cfg.data, fold=fold)))
+    return folds
+
+
+def check_layout(cv_dir: Path, seeded: bool) -> None:
+    """Refuse a seeds run into a single-seed CV folder and vice versa: its summary.json and
+    report.md would describe one layout over the other's results."""
+    cv_dir = Path(cv_dir)
+    if not cv_dir.is_dir():
+        return
+    other = "fold" if seeded else "seed"
+    found = sorted(p.name for p in cv_dir.iterdir()
+                   if p.is_dir() and p.name.startswith(other) and p.name[len(other):].isdigit())
+    if found:
+        kind = "a single-seed cross-validation" if seeded else "a cross-validation over seeds"
+        hint = "run without --seeds" if seeded else "pass the same --seeds"
+        raise ValueError(f"{cv_dir} holds {kind} ({', '.join(found)}): {hint}, or choose a new --out")
+
+
+def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    return replace(cfg, train=replace(cfg.train, seed=int(seed)))
+
+
+def run_seeds(cfg: ExperimentConfig, out_dir: str | Path, seeds: list[int],
+              folds: list[int] | None = None, accelerator=None, title: str = "") -> dict:
+    """One full CV per seed into ``out_dir/seed<S>`` (completed folds reused), then the summary
+    over seeds x folds in ``out_dir`` (summary.json, report.md)."""
+    cfg.check_complete()
+    from foalnet.train.run import resolve_accelerator
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {seeds}: give distinct integers like 1,2,3")
+    out_dir = Path(out_dir)
+    accelerator = accelerator or resolve_accelerator(cfg)
+    check_layout(out_dir, seeded=True)
+    for seed in seeds:  # every seed's folders checked before the first one trains
+        folds = check_folders(seed_config(cfg, seed), out_dir / f"seed{seed}", folds)
+    title = title or f"cross-validation ({cfg.model.modality})"
+    per_seed = {seed: run_cv(seed_config(cfg, seed), out_dir / f"seed{seed}", folds=folds,
+                             accelerator=tagged(accelerator, f"seed {seed}"),
+                             title=f"{title}, seed {seed}") for seed in seeds}
+    summary = summarize_seeds(per_seed)
+    add_seed_intervals(summary, {s: fold_predictions(out_dir / f"seed{s}", summary["folds"],
+                                                     summary["labels"]) for s in seeds})
+    summary["skipped_items"] = len(set().union(*(rejected_ids(out_dir / f"seed{s}") for s in seeds)))
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out_dir / "report.md", seeds_markdown(summary, title))
+    return summary
+
+
+def summarize_seeds(per_seed: dict[int, dict]) -> dict:
+    """Mean over seeds of the CV means, sample std over seeds, and one row per seed.
+
+    The std over seeds answers "how much does the number move when only the seed changes";
+    the folds' std (per seed row) mixes in how different the test sessions are."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    out: dict = {"seeds": seeds, "std_over": "seeds"}
+    for key in ("folds", "labels", "protocol", "data_dir", "corpus", "modality", "use_avel",
+                "use_mem"):
+        out[key] = first.get(key)
+    for key in METRICS:
+        means = [float(per_seed[s][key]["mean"]) for s in seeds]
+        std = float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
+        out[key] = {"mean": float(np.mean(means)), "std": std, "per_seed": means,
+                    "per_seed_fold": [list(per_seed[s][key]["per_fold"]) for s in seeds]}
+    out["per_seed"] = [{"seed": s, **{k: {m: per_seed[s][k].get(m) for m in ("mean", "std", "ci95")}
+                                      for k in METRICS},
+                        "selected_epochs": per_seed[s].get("selected_epochs"),
+                        "pooled": per_seed[s].get("pooled")} for s in seeds]
+    pooled = np.sum([np.asarray(per_seed[s]["pooled"]["confusion"]) for s in seeds], axis=0)
+    out["pooled"] = metrics_from_confusion(pooled)
+    return out
+
+
+def add_seed_intervals(summary: dict, predictions: dict[int, dict | None]) -> None:
+    """``ci95`` of UA/WA over seeds x folds: every (seed, fold) is one stratum of the bootstrap,
+    so the interval is that of the mean over seeds of the CV means (test-utterance noise only:
+    the seeds' spread is the std beside it)."""
+    if any(p is None or not all(p[f] for f in summary["folds"]) for p in predictions.values()):
+        summary["bootstrap"] = None
+        return
+    pairs = [_pairs(predictions[s], summary["folds"]) for s in summary["seeds"]]
+    ci = bootstrap_cv([pair for seed_pairs in pairs for pair in seed_pairs], len(summary["labels"]))
+    summary["ua"]["ci95"], summary["wa"]["ci95"] = ci["ua"], ci["wa"]
+    summary["bootstrap"] = {"method": BOOTSTRAP_METHOD + "; strata = seed x fold",
+                            "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95}
+
+
+def _pairs(predictions: dict[int, dict[str, tuple[int, int]]], folds: list[int]
+           ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(reference, prediction) arrays of each fold, in fold order."""
+    pairs = []
+    for fold in folds:
+        items = list(predictions[fold].values())
+        pairs.append((np.array([t for t, _ in items]), np.array([p for _, p in items])))
+    return pairs
 
 
 def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[dict]) -> dict:
@@ -117,11 +234,7 @@ def add_intervals(summary: dict, predictions: dict[int, dict[str, tuple[int, int
     if predictions is None or not all(predictions[f] for f in summary["folds"]):
         summary["bootstrap"] = None  # a fold without predictions (or items): nothing to resample
         return
-    pairs = []
-    for fold in summary["folds"]:
-        items = list(predictions[fold].values())
-        pairs.append((np.array([t for t, _ in items]), np.array([p for _, p in items])))
-    ci = bootstrap_cv(pairs, len(summary["labels"]))
+    ci = bootstrap_cv(_pairs(predictions, summary["folds"]), len(summary["labels"]))
     summary["ua"]["ci95"], summary["wa"]["ci95"] = ci["ua"], ci["wa"]
     summary["bootstrap"] = {"method": BOOTSTRAP_METHOD, "resamples": BOOTSTRAP_RESAMPLES,
                             "seed": BOOTSTRAP_SEED, "level": 0.95}
@@ -215,7 +328,8 @@ def report_markdown(summary: dict, title: str) -> str:
              "| fold | UA % | WA % | macro-F1 % | selected epoch |", "|---|---|---|---|---|"]
     for i, fold in enumerate(summary["folds"]):
         cells = [f"{100 * summary[k]['per_fold'][i]:.2f}" for k in METRICS]
-        lines.append(f"| {fold} | {' | '.join(cells)} | {summary['selected_epochs'][i]} |")
+        epoch = summary["selected_epochs"][i]  # None: no epochs (the SVM baseline)
+        lines.append(f"| {fold} | {' | '.join(cells)} | {'—' if epoch is None else epoch} |")
     cells = [f"{100 * summary[k]['mean']:.2f} ± {100 * summary[k]['std']:.2f}" for k in METRICS]
     lines.append(f"| mean ± std | {' | '.join(cells)} | |")
     if summary.get("bootstrap"):
@@ -229,6 +343,32 @@ def report_markdown(summary: dict, title: str) -> str:
               f"macro-F1 {100 * pooled['macro_f1']:.2f} % (n = {pooled['n']}). "
               f"Items skipped as unreadable: {summary['skipped_items']} distinct "
               f"(per fold: {summary.get('skipped_per_fold')}).", ""]
+    return "\n".join(lines)
+
+
+def seeds_markdown(summary: dict, title: str) -> str:
+    """One row per seed (mean +- std over folds), then mean +- std over seeds, in percent."""
+    seeds = summary["seeds"]
+    lines = [f"# {title}", "", f"Data: {summary.get('data_dir')} (corpus {summary.get('corpus')}).",
+             f"Protocol: {summary['protocol']}.",
+             f"Seeds: {', '.join(map(str, seeds))} (train.seed: model init, sampler draws and dev "
+             f"speakers); each seed a full cross-validation over folds {summary['folds']} in "
+             "seed<S>/.", "",
+             "| seed | UA % | WA % | macro-F1 % | UA 95 % CI | selected epochs |",
+             "|---|---|---|---|---|---|"]
+    for row in summary["per_seed"]:
+        cells = [f"{100 * row[k]['mean']:.2f} ± {100 * row[k]['std']:.2f}" for k in METRICS]
+        ci = _ci_text(row["ua"]["ci95"]) if row["ua"].get("ci95") else "—"
+        lines.append(f"| {row['seed']} | {' | '.join(cells)} | {ci} | {row['selected_epochs']} |")
+    cells = [f"{100 * summary[k]['mean']:.2f} ± {100 * summary[k]['std']:.2f}" for k in METRICS]
+    ci = _ci_text(summary["ua"]["ci95"]) if summary.get("bootstrap") else "—"
+    lines += [f"| mean ± std over seeds | {' | '.join(cells)} | {ci} | |", "",
+              "Seed rows: mean ± std over folds. Last row: mean over seeds of the CV means ± their "
+              "sample std over seeds (how much the number moves with the seed alone)."]
+    if summary.get("bootstrap"):
+        b = summary["bootstrap"]
+        lines.append(f"95 % CI: {b['method']} ({b['resamples']} resamples, seed {b['seed']}).")
+    lines += [f"Items skipped as unreadable: {summary['skipped_items']} distinct.", ""]
     return "\n".join(lines)
 
 

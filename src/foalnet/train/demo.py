@@ -25,16 +25,27 @@ def _stage(argv: list[str]) -> int:
 
 
 def _row_worker(cfg_dict: dict, out_dir: str, row: str, folds: list[int] | None) -> str:
-    """One ablation row's cross-validation in a worker process with one torch thread."""
+    """One ablation row's cross-validation in a worker process with one torch thread.
+
+    Rows run side by side and their lines interleave on one console: every printed line is
+    tagged ``[row fold K]`` (``loop.TaggedAccelerator``), log records carry ``[row]``, and no
+    progress bar is drawn (two processes redrawing one terminal line garble both). The
+    worker is a process of its own (spawned for this row), so its logging setup is its own."""
     import torch
 
     from foalnet.config import ExperimentConfig
     from foalnet.train.ablate import row_config
     from foalnet.train.cv import run_cv
+    from foalnet.train.loop import tagged
+    from foalnet.train.run import resolve_accelerator
 
     torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)s [{row}] %(name)s: %(message)s")
     cfg = row_config(ExperimentConfig.from_dict(cfg_dict), row)
-    run_cv(cfg, Path(out_dir) / row, folds=folds, title=f"ablation row {row}")
+    accelerator = tagged(resolve_accelerator(cfg), row, progress_bars=False)
+    run_cv(cfg, Path(out_dir) / row, folds=folds, accelerator=accelerator,
+           title=f"ablation row {row}")
     return row
 
 
