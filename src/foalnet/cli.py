@@ -12,6 +12,10 @@ import logging
 import sys
 from typing import Sequence
 
+from foalnet import __version__
+
+INTERNAL_ERROR = 3  # exit status of an unexpected exception (0 ok, 1 some items failed, 2 usage)
+
 # Stage modules that contribute sub-commands, in data-flow order.
 COMMAND_MODULES = (
     "foalnet.data.commands",
@@ -28,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Foal-Net audio-video emotion recognition: synth, prepare, extract-visual, extract-audio, "
         "train, cv, ablate, demo, predict, import-reference.",
     )
+    parser.add_argument("--version", action="version", version=f"foalnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an internal error (default: a one-line message)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         try:
@@ -52,7 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as err:  # a bug, not a usage error: commands report bad input themselves
+        if args.debug:
+            raise
+        print(f"foalnet {args.command}: internal error: {type(err).__name__}: {err} "
+              "(run again with --debug for the traceback; please report it)", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":
