@@ -20,6 +20,7 @@ from foalnet.data.files import write_text_atomic
 from foalnet.train.cv import fold_predictions, run_cv, run_seeds
 from foalnet.train.loop import tagged
 from foalnet.train.metrics import BOOTSTRAP_METHOD, paired_bootstrap_ua
+from foalnet.train.svm import SVM_ROW, run_svm_cv
 
 # row name -> (modality, use_avel, use_mem, paper UA %, paper WA %)  (SPEC §6)
 ROWS: dict[str, tuple[str, bool, bool, float, float]] = {
@@ -49,17 +50,19 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, rows: list[str] | N
     ``seeds``: each row a CV per seed (``run_seeds``); the rows' std is then over seeds."""
     from foalnet.train.run import resolve_accelerator
 
-    rows = rows or list(ROWS)
-    unknown = [r for r in rows if r not in ROWS]
+    rows = rows or [*ROWS, SVM_ROW]  # + the classical baseline (not a paper row)
+    unknown = [r for r in rows if r not in ROWS and r != SVM_ROW]
     if unknown:
-        raise ValueError(f"unknown ablation rows {unknown}; choose from {list(ROWS)}")
+        raise ValueError(f"unknown ablation rows {unknown}; choose from {[*ROWS, SVM_ROW]}")
     out_dir = Path(out_dir)
     accelerator = accelerator or resolve_accelerator(cfg)
     results = {}
     for row in rows:
         accelerator.print(f"=== ablation row {row} ===")
         row_acc = tagged(accelerator, row)
-        if seeds:
+        if row == SVM_ROW:  # deterministic: one run whatever the seeds
+            results[row] = svm_row(cfg, out_dir / row, folds, accelerator)
+        elif seeds:
             results[row] = run_seeds(row_config(cfg, row), out_dir / row, seeds, folds=folds,
                                      accelerator=row_acc, title=f"ablation row {row}")
         else:
@@ -73,6 +76,15 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, rows: list[str] | N
         write_text_atomic(out_dir / "ablation.json", json.dumps(results, indent=2) + "\n")
         write_text_atomic(out_dir / "ablation.md", ablation_markdown(results))
     return results
+
+
+def svm_row(cfg: ExperimentConfig, row_dir: Path, folds: list[int] | None, accelerator) -> dict:
+    """The eGeMAPS SVM baseline on the same manifest and folds (main process; the others read it)."""
+    if accelerator.is_main_process:
+        run_svm_cv(cfg.data.data_dir, row_dir, folds=folds, title=f"ablation row {SVM_ROW}",
+                   progress=False)
+    accelerator.wait_for_everyone()
+    return json.loads((row_dir / "summary.json").read_text())
 
 
 def paired_vs_full(out_dir: Path, row: str, summary: dict) -> dict | None:
@@ -144,10 +156,10 @@ def ablation_markdown(results: dict[str, dict]) -> str:
              f"| WA % ({paper}) |",
              "|---|---|---|---|---|---|"]
     for row, summary in results.items():
-        paper_ua, paper_wa = ROWS[row][3], ROWS[row][4]
+        paper_cells = [f"{v:.2f}" for v in ROWS[row][3:5]] if row in ROWS else ["—", "—"]
         ua, wa = _cell(summary["ua"]), _cell(summary["wa"])
         lines.append(f"| {row} | {ua} | {wa} | {_diff_cell(summary.get('vs_full'))} "
-                     f"| {paper_ua:.2f} | {paper_wa:.2f} |")
+                     f"| {paper_cells[0]} | {paper_cells[1]} |")
     spread = "over seeds of the CV means" if seeds else "over folds"
     lines += ["", f"Ours: mean ± std {spread} [95 % bootstrap CI of the mean: test utterances "
               "resampled within folds]; UA − full: paired bootstrap over the same test utterances."]

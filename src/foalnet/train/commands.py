@@ -1,4 +1,4 @@
-"""CLI of the training stage: ``foalnet train``, ``cv``, ``ablate`` and the offline ``demo``.
+"""CLI of the training stage: ``foalnet train``, ``cv``, ``ablate``, ``svm`` and the offline ``demo``.
 
 Each command builds an ``ExperimentConfig`` the same way: preset (or ``--config FILE.yaml``) ->
 DATA_DIR / fold / modality / select-on-test from the flags -> ``--set section.key=value``
@@ -223,6 +223,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_grid(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers like 0.1,1,10") from None
+
+
+@_guard
+def cmd_svm(args: argparse.Namespace) -> int:
+    from foalnet.train.svm import SvmSettings, run_svm_cv
+
+    settings = SvmSettings(speaker_norm=args.speaker_norm, c_grid=_parse_grid(args.c_grid, "--c-grid"),
+                           gamma_grid=_parse_grid(args.gamma_grid, "--gamma-grid"),
+                           inner_folds=args.inner_folds)
+    summary = run_svm_cv(args.data_dir, Path(args.out), folds=_parse_folds(args.folds),
+                         settings=settings, progress=not args.no_progress)
+    print(Path(args.out, "report.md").read_text())
+    return _finish("eGeMAPS SVM baseline", Path(args.out), summary["skipped_items"])
+
+
 @_guard
 def cmd_demo(args: argparse.Namespace) -> int:
     from foalnet.train.demo import run_demo
@@ -253,7 +273,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(ablate)
     ablate.add_argument("--out", required=True, metavar="DIR")
     ablate.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all)")
-    ablate.add_argument("--rows", metavar="ROW,...", help="only these rows (default: all six)")
+    ablate.add_argument("--rows", metavar="ROW,...",
+                        help="only these rows (default: the six paper rows and egemaps_svm)")
     ablate.add_argument("--seeds", metavar="1,2,...",
                         help="each row one CV per train.seed (DIR/<row>/seed<S>/), std over seeds")
     ablate.set_defaults(func=cmd_ablate)
@@ -263,6 +284,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("dir", metavar="DIR", help="a run, cv, seeds or ablation output folder")
     report.add_argument("--out", metavar="FILE.html", help="output file (default: DIR/report.html)")
     report.set_defaults(func=cmd_report)
+
+    svm = subparsers.add_parser(
+        "svm", help="classical baseline: eGeMAPS functionals + RBF-SVM on the folds of cv")
+    svm.add_argument("data_dir", metavar="DATA_DIR", help="prepared data folder")
+    svm.add_argument("--out", required=True, metavar="DIR")
+    svm.add_argument("--folds", metavar="1,2,...", help="only these test folds (default: all)")
+    svm.add_argument("--speaker-norm", action="store_true",
+                     help="z-normalise each speaker's features with its own mean/std (no labels)")
+    svm.add_argument("--c-grid", default="0.1,0.3,1,3,10,30",
+                     help="SVM C candidates, chosen per fold on the training speakers")
+    svm.add_argument("--gamma-grid", default="0.25,1,4",
+                     help="RBF gamma candidates as multiples of 1/n_features")
+    svm.add_argument("--inner-folds", type=int, default=5,
+                     help="speaker-grouped inner CV folds for choosing C/gamma (default 5)")
+    svm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    svm.set_defaults(func=cmd_svm)
 
     demo = subparsers.add_parser(
         "demo", help="offline end to end: synth -> prepare -> extract-visual tiny -> cv tiny -> table")

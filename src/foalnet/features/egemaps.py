@@ -1,0 +1,165 @@
+"""eGeMAPS functionals (openSMILE) per utterance: the classical baseline's features, cached.
+
+Why a cache: the classical baseline (``foalnet svm``, ``ablate`` row ``egemaps_svm``) runs the
+same 88 functionals of every utterance in every fold and every rerun; openSMILE takes about
+0.03 s per second of audio, so the features are computed once per file, span and settings.
+
+Store: DATA_DIR/egemaps/<slug>/ with the layout of ``features/store.py`` (``EgemapsStore``: one
+float32 (1, 88) array per utterance, ``index.jsonl``, ``meta.json``, ``rejected.jsonl``). The slug
+hashes the settings and the opensmile version (another version gets another folder, never mixed
+values); an item's key hashes the audio path, size, mtime, span and the settings
+(``audio_cache.item_key``), so a changed file is recomputed, never served stale.
+An item whose audio cannot be read, or that is too short for openSMILE's functionals (it then
+returns NaN), is reported with its reason (``rejected``, rejected.jsonl); the rest goes on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from foalnet.features.audio_cache import fingerprint_hash, item_key
+from foalnet.features.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+FEATURE_SET = "eGeMAPSv02"
+FEATURE_LEVEL = "Functionals"
+
+
+class EgemapsStore(FeatureStore):
+    """eGeMAPS functionals of each utterance: float32 (1, 88), one row per utterance."""
+
+    SUBDIR = "egemaps"
+    KIND = "eGeMAPS"
+    DTYPE = np.float32
+    HINT = "foalnet svm"
+
+
+@dataclass(frozen=True)
+class EgemapsSettings:
+    """What determines the features (all of it goes into the slug and every item key)."""
+
+    sample_rate: int = 16000  # audio resampled to this rate before openSMILE (the toolkit's rate)
+    feature_set: str = FEATURE_SET
+    feature_level: str = FEATURE_LEVEL
+
+    def fingerprint(self) -> dict:
+        """The settings plus the openSMILE version (its binaries define the values)."""
+        import opensmile
+
+        return {**asdict(self), "opensmile": opensmile.__version__, "format": 1}
+
+
+@dataclass
+class EgemapsReport:
+    """What one extraction run did; ``rejected`` = ``{"id", "path", "reason"}`` per failed item."""
+
+    slug: str
+    done: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    rejected: list[dict] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.rejected)
+
+    def summary(self) -> str:
+        return (f"eGeMAPS {self.slug}: done {self.done}, reused {self.reused}, "
+                f"failed {self.failed} in {self.seconds:.1f} s")
+
+
+def store_slug(fingerprint: dict) -> str:
+    """``egemapsv02-functionals-<hash>``: readable kind + the settings' hash."""
+    return f"{fingerprint['feature_set'].lower()}-{fingerprint['feature_level'].lower()}-" \
+           f"{fingerprint_hash(fingerprint)}"
+
+
+def open_store(data_dir: str | os.PathLike, settings: EgemapsSettings) -> EgemapsStore:
+    """The (possibly partly filled) store of these settings, created if needed."""
+    fingerprint = settings.fingerprint()
+    meta = {"encoder": f"opensmile {settings.feature_set} {settings.feature_level}",
+            "dim": len(_smile(settings).feature_names), "dtype": "float32",
+            "fingerprint": fingerprint, "format": 1}
+    return EgemapsStore.create(data_dir, store_slug(fingerprint), meta)
+
+
+def _smile(settings: EgemapsSettings):
+    import opensmile
+
+    return opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, settings.feature_set),
+                           feature_level=getattr(opensmile.FeatureLevel, settings.feature_level))
+
+
+def feature_names(settings: EgemapsSettings = EgemapsSettings()) -> list[str]:
+    """The 88 functional names in column order (eGeMAPSv02)."""
+    return list(_smile(settings).feature_names)
+
+
+def functionals(smile, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """float32 (1, D) functionals of one waveform; ValueError when openSMILE gives none.
+
+    openSMILE fills a segment shorter than its analysis windows with NaN (and warns); that is
+    an item we cannot describe, so it is an error naming the length, not a NaN row in the SVM."""
+    if len(wave) == 0:
+        raise ValueError("no audio samples in the item's span")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        values = smile.process_signal(wave, sample_rate).to_numpy(dtype=np.float32)
+    if values.shape[0] != 1 or not np.isfinite(values).all():
+        raise ValueError(f"openSMILE gave no finite functionals ({len(wave) / sample_rate:.3f} s "
+                         "of audio: too short for its analysis windows?)")
+    return values
+
+
+def build_egemaps_cache(data_dir: str | os.PathLike, records: Iterable[dict],
+                        settings: EgemapsSettings = EgemapsSettings(), progress: bool = True,
+                        ) -> tuple[EgemapsStore, EgemapsReport]:
+    """Compute the missing or changed items of ``records``; reuse the rest.
+
+    Failed items are in the report and the store's rejected.jsonl (replaced per run)."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    store = open_store(data_dir, settings)
+    smile, settings_hash = _smile(settings), fingerprint_hash(store.meta["fingerprint"])
+    report = EgemapsReport(store.slug)
+    for record in tqdm(list(records), unit="utt", desc=f"eGeMAPS {store.slug}", disable=not progress):
+        outcome = _one_item(store, smile, settings, settings_hash, record)
+        if isinstance(outcome, dict):
+            report.rejected.append(outcome)
+            log.warning("%s (%s): %s", outcome["id"], outcome["path"], outcome["reason"])
+        elif outcome:
+            report.done += 1
+        else:
+            report.reused += 1
+    report.seconds = time.perf_counter() - started
+    store.write_rejected(report.rejected)
+    return store, report
+
+
+def _one_item(store: EgemapsStore, smile, settings: EgemapsSettings, settings_hash: str,
+              record: dict) -> bool | dict:
+    """True computed, False reused, or the rejection ``{"id", "path", "reason"}``."""
+    from foalnet.data.audio import AudioError, load_audio
+
+    path = str(record.get("wav"))
+    try:
+        key = item_key(record, settings_hash)
+        if store.key_of(record["id"]) == key and store.has(record["id"]):
+            return False
+        wave = load_audio(record["wav"], sample_rate=settings.sample_rate,
+                          start=record.get("audio_start"), end=record.get("audio_end"))
+        values = functionals(smile, wave, settings.sample_rate)
+    except FileNotFoundError:
+        return {"id": record["id"], "path": path, "reason": "file not found"}
+    except (OSError, AudioError, ValueError) as err:
+        return {"id": record["id"], "path": path, "reason": str(getattr(err, "reason", err))}
+    store.put(record["id"], key, values)
+    return True
