@@ -1,4 +1,4 @@
-"""CLI of the data stage: ``foalnet synth`` and ``foalnet prepare {iemocap,scp,csv}``.
+"""CLI of the data stage: ``foalnet synth`` and ``foalnet prepare {iemocap,scp,csv,cremad,...}``.
 
 A new corpus is one module with NAME, HELP, add_arguments(parser), options(args) and
 build(args) -> Prepared, plus one line in ``CORPORA``.
@@ -20,6 +20,7 @@ CORPORA = (
     "foalnet.data.iemocap",
     "foalnet.data.scp",
     "foalnet.data.csv_corpus",
+    "foalnet.data.cremad", "foalnet.data.ravdess", "foalnet.data.msp_improv", "foalnet.data.meld",
 )
 
 

@@ -41,12 +41,19 @@ class Rejection:
     reason: str
 
 
-def make_record(**fields: Any) -> dict:
-    """A manifest record with every contract field present (missing ones are None)."""
+def make_record(extra: dict[str, Any] | None = None, **fields: Any) -> dict:
+    """A manifest record with every contract field present (missing ones are None).
+
+    ``extra``: corpus-specific fields (RAVDESS intensity, MELD partition, ...) appended after
+    the contract fields; readers ignore what they do not know, so a typo in a contract field
+    is still an error while a corpus can keep what its names say."""
     unknown = set(fields) - set(MANIFEST_FIELDS)
     if unknown:
         raise ValueError(f"unknown manifest fields: {sorted(unknown)}")
-    return {name: fields.get(name) for name in MANIFEST_FIELDS}
+    clash = set(extra or {}) & set(MANIFEST_FIELDS)
+    if clash:
+        raise ValueError(f"extra fields {sorted(clash)} are contract fields")
+    return {**{name: fields.get(name) for name in MANIFEST_FIELDS}, **(extra or {})}
 
 
 # Two items whose spans of one file overlap by more than this (s) hold the same audio.

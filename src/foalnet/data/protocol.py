@@ -4,7 +4,11 @@
 * folds: IEMOCAP leave-one-session-out (fold = session); corpora without sessions get K
   speaker-disjoint folds balanced by utterance count;
 * ``split_fold``: test = one fold; dev = whole speakers drawn from the training folds only, so
-  model selection never sees the test session (SPEC §3) and dev is speaker-disjoint from train.
+  model selection never sees the test session (SPEC §3) and dev is speaker-disjoint from train;
+* other corpora (CREMA-D, RAVDESS, MSP-IMPROV, MELD): class set "all" (the corpus's own
+  emotions) or "4" (neu/hap/sad/ang only, the rest dropped, never merged), logit order
+  ``corpus_labels``; records carrying an official ``partition`` (MELD train/dev/test) have one
+  test fold, the test partition, and the official dev partition as dev.
 """
 from __future__ import annotations
 
@@ -43,8 +47,41 @@ def labels_of(classes: str) -> list[str]:
     return list(IEMOCAP_LABELS)
 
 
+# Class sets of the corpora whose labels have no IEMOCAP codes: their own emotions, or the four.
+OWN_CLASSES = "all"
+FOUR_CLASSES = "4"
+CORPUS_CLASS_SETS = (OWN_CLASSES, FOUR_CLASSES)
+# An official partition (MELD): the values of a record's ``partition`` field.
+PARTITIONS = ("train", "dev", "test")
+
+
+def corpus_labels(names: list[str], classes: str) -> list[str]:
+    """Logit order of a corpus's class set: the four shared classes first, in IEMOCAP's order
+    (so models line up across corpora), then the corpus's other emotions in its own order."""
+    if classes not in CORPUS_CLASS_SETS:
+        raise ValueError(f"unknown class set {classes!r}; choose from {list(CORPUS_CLASS_SETS)}")
+    four = [c for c in IEMOCAP_LABELS if c in names]
+    return four if classes == FOUR_CLASSES else four + [n for n in names if n not in four]
+
+
+def block_speaker_folds(speakers: list[str], k: int) -> dict[str, int]:
+    """K folds of consecutive speakers in sorted order (RAVDESS: actors 1-4, 5-8, ... for K=6,
+    each fold two male and two female actors, the grouping its usual protocol uses)."""
+    ordered = sorted(set(speakers))
+    if k < 2 or len(ordered) < k:
+        raise ValueError(f"{len(ordered)} speakers cannot make {k} speaker-disjoint folds")
+    return {spk: i * k // len(ordered) + 1 for i, spk in enumerate(ordered)}
+
+
+def _has_partition(records: list[dict]) -> bool:
+    return any(r.get("partition") is not None for r in records)
+
+
 def folds_of(records: list[dict]) -> list[int]:
-    """The distinct folds, sorted (IEMOCAP: sessions 1..5)."""
+    """The test folds, sorted (IEMOCAP: sessions 1..5). With an official partition (MELD) only
+    the test partition's fold: testing on its train or dev split is not its protocol."""
+    if _has_partition(records):
+        return sorted({int(r["fold"]) for r in records if r.get("partition") == "test"})
     return sorted({int(r["fold"]) for r in records})
 
 
@@ -98,6 +135,8 @@ def split_fold(records: list[dict], test_fold: int, dev_speakers: int = 1,
     if not test:
         raise ValueError(f"no records in test fold {test_fold}; folds are {folds_of(records)}")
     pool = [r for r in records if int(r["fold"]) != int(test_fold)]
+    if _has_partition(records):
+        return _official_split(test, pool, test_fold, dev_speakers)
     if dev_speakers <= 0:
         return FoldSplit(train=pool, dev=[], test=test)
     if any(r.get("speaker") is None for r in pool):
@@ -110,6 +149,21 @@ def split_fold(records: list[dict], test_fold: int, dev_speakers: int = 1,
     dev_set = _draw_dev_speakers(pool, dev_speakers, seed)
     return FoldSplit(train=[r for r in pool if r["speaker"] not in dev_set],
                      dev=[r for r in pool if r["speaker"] in dev_set], test=test)
+
+
+def _official_split(test: list[dict], pool: list[dict], test_fold: int,
+                    dev_speakers: int) -> FoldSplit:
+    """The corpus's own train/dev/test (MELD): dev = the dev partition, not drawn speakers
+    (its speakers recur across partitions: not speaker-independent, and said so)."""
+    if any(r.get("partition") != "test" for r in test):
+        raise ValueError(f"fold {test_fold} is not the official test partition; this corpus "
+                         "has one test fold (see prepare.json)")
+    dev = [r for r in pool if r.get("partition") == "dev"] if dev_speakers > 0 else []
+    train = [r for r in pool if r.get("partition") == "train" or (r.get("partition") == "dev"
+                                                                   and not dev)]
+    log.info("official partition: train %d, dev %d, test %d (not speaker-independent)",
+             len(train), len(dev), len(test))
+    return FoldSplit(train=train, dev=dev, test=test)
 
 
 def label_counts(records: list[dict], labels: list[str]) -> dict[str, int]:

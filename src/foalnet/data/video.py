@@ -137,6 +137,59 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         container.close()
 
 
+def decodable_video(path: str | os.PathLike) -> VideoInfo:
+    """probe_video, plus a decoded first frame: prepare rejects a clip whose header opens but
+    whose stream yields nothing (truncated or empty files) before it reaches extraction."""
+    info = probe_video(path)
+    container, stream = _open(path)
+    try:
+        for _ in container.decode(stream):
+            return info
+    except Exception as err:  # PyAV's decode errors vary by version
+        raise VideoError(path, f"no decodable frames: {err}") from err
+    finally:
+        container.close()
+    raise VideoError(path, "no decodable frames")
+
+
+# Audio and video of one item may differ by this much (s) before prepare rejects the pair.
+AV_MAX_GAP = 1.0
+
+
+def av_length_problem(audio_seconds: float | None, video_seconds: float | None,
+                      max_gap: float = AV_MAX_GAP) -> str | None:
+    """Why an audio/video pair cannot be one recording (lengths too far apart), or None.
+
+    An unknown length (a container that does not say) is not a mismatch."""
+    if audio_seconds is None or video_seconds is None:
+        return None
+    if abs(audio_seconds - video_seconds) > max_gap:
+        return (f"audio ({audio_seconds:.2f} s) and video ({video_seconds:.2f} s) lengths differ "
+                f"by more than {max_gap:g} s: not the same recording")
+    return None
+
+
+def media_problem(audio: str | os.PathLike, video: str | os.PathLike | None
+                  ) -> tuple[str, str] | None:
+    """(path, reason) of the first reason an item's media are unusable, or None: audio that
+    does not open, a video without a decodable frame, or lengths more than AV_MAX_GAP apart.
+    Headers and one frame only, so prepare stays cheap on thousands of clips."""
+    from foalnet.data.audio import AudioError, audio_info
+
+    try:
+        audio_seconds = audio_info(audio).duration
+    except AudioError as err:
+        return err.path, err.reason
+    if video is None:
+        return None
+    try:
+        info = decodable_video(video)
+    except VideoError as err:
+        return err.path, err.reason
+    problem = av_length_problem(audio_seconds, info.duration)
+    return (str(video), problem) if problem else None
+
+
 def _normalise_spans(spans: Sequence[tuple[float | None, float | None]]) -> list[_SpanState]:
     states = []
     for start, end in spans:
@@ -377,9 +430,15 @@ class FaceCropper:
 
     Detection runs on a grey copy `detect_width` px wide, looks for faces of at least a fifth
     of that width, and runs on every `every`-th frame of a region (faces move little between
-    frames); the last box is reused until it is `hold` frames old, so a miss of the detector
-    does not jump the crop. `fallbacks` counts frames served without a face box.
+    frames). Several faces (MELD's scenes): the largest box is taken, the speaker usually being
+    the one in close-up. No face found: the last box is reused until it is `hold` frames old,
+    so a miss of the detector does not jump the crop; after that, and before any face was seen,
+    the whole region is used. `settings()` says so (it goes into the cache's meta.json);
+    `fallbacks` counts frames served without a face box. Call `reset()` between videos so a
+    box never carries over from one clip to the next.
     """
+
+    PICK = "largest"
 
     def __init__(self, margin: float = 0.25, hold: int = 15, every: int = 3,
                  detect_width: int = 160):
@@ -399,7 +458,14 @@ class FaceCropper:
 
     def settings(self) -> dict:
         return {"detector": "haar_frontalface_default", "margin": self.margin, "hold": self.hold,
-                "every": self.every, "detect_width": self.detect_width}
+                "every": self.every, "detect_width": self.detect_width, "pick": self.PICK,
+                "no_face": f"reuse the last box for up to {self.hold} frames, then the full "
+                           "region"}
+
+    def reset(self) -> None:
+        """Forget held boxes and frame counts (a new video starts)."""
+        self._last.clear()
+        self._calls.clear()
 
     def _detect(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
         """(x, y, w, h) of the largest face in full-size pixels, or None."""
