@@ -18,16 +18,15 @@ What is measured, and how
   SAME weights (FoalNet saved with ``save_pretrained``; the reference loads the mapped tensors)
   and the SAME batches (seeded).
 * Implementations: ``original`` (benchmarks/original_style.py, the authors' structure, run as
-  their script runs: default glibc malloc, no huge pages), ``original-keep`` (the same code with
-  the allocator settings foalnet's training applies on CPU,
-  ``foalnet.train.allocator.cpu_memory_settings``: what the original gains from the runtime alone), ``ours`` (FoalNet from the padded waveform batch)
-  and ``cached`` (FoalNet from the audio front-end cache, what ``foalnet train`` does by default:
-  the frozen CNN's output of each item is computed before the timed steps, as ``foalnet
-  extract-audio`` does once for a whole corpus; that one-off cost is measured separately, CPU s
-  per s of audio, and costed in the epoch lines). ``ours`` and ``cached`` run with the allocator
-  settings, as ``foalnet train`` does. Without them glibc maps every large block afresh and a step
-  spends 30-45 % of its CPU time faulting pages in; with glibc's reuse alone the heap fragments
-  (see that module).
+  their script runs), ``ours`` (FoalNet from the padded waveform batch) and ``cached`` (FoalNet
+  from the audio front-end cache, what ``foalnet train`` does by default: the frozen CNN's output
+  of each item is computed before the timed steps, as ``foalnet extract-audio`` does once for a
+  whole corpus; that one-off cost is measured separately, CPU s per s of audio, and costed in the
+  epoch lines). Every implementation runs with the process defaults: glibc's malloc as configured
+  by the caller, no allocator settings from foalnet (those are opt-in, not part of the default any
+  more), and ``THP_MEM_ALLOC_ENABLE`` removed from the workers' environment so that a value in the
+  caller's shell does not change a row. Rows named ``original-keep`` in older logs were the
+  original with foalnet's former allocator settings; they are still shown when present.
 * Step = forward with labels + ``loss.backward()`` + ``AdamW.step()`` + ``zero_grad`` (the
   engine's order; the outputs are dropped before the next batch, as the engine's are), batch 16
   (the original: torch's default AdamW, as the authors' script; foalnet: the fused AdamW its
@@ -89,10 +88,10 @@ AUDIO_DIM = 1024
 CLASS_COUNTS = (1708, 1636, 1084, 1103)  # IEMOCAP 4-class set (b): neu, hap+exc, sad, ang
 # original = benchmarks/original_style.py; ours = FoalNet from the waveform; cached = FoalNet from
 # the audio front-end cache (what `foalnet train` does by default)
-IMPLS = ("original", "original-keep", "ours", "cached")
+IMPLS = ("original", "ours", "cached")
 # optional extra rows (--with-checkpointing): the checkpointing configuration, the cache +
 # activation checkpointing of the audio encoder's transformer layers
-# (model.audio_gradient_checkpointing=true) with train.keep_freed_memory=false: less memory, more time
+# (model.audio_gradient_checkpointing=true): less memory, more time
 EXTRA_IMPLS = ("cached-ckpt",)
 
 
@@ -173,10 +172,11 @@ def pad_cached(batch: Batch, features: list) -> dict:
     return inputs
 
 
-def pad_original(batch: Batch) -> dict:
-    """Fixed padding to 6 s / 180 frames (the original collator)."""
+def pad_original(batch: Batch, max_samples: int | None = None, max_frames: int | None = None) -> dict:
+    """Fixed padding to 6 s / 180 frames (the original collator; other sizes for smoke runs)."""
     ref = load_original_style()
-    wav, wav_mask, vid, vid_mask = ref.pad_fixed(batch.waves, batch.videos, int(MAX_SECONDS * SAMPLE_RATE), MAX_FRAMES)
+    wav, wav_mask, vid, vid_mask = ref.pad_fixed(batch.waves, batch.videos, max_samples or int(MAX_SECONDS * SAMPLE_RATE),
+                                                 max_frames or MAX_FRAMES)
     return dict(waveform=wav, waveform_mask=wav_mask, video=vid, video_mask=vid_mask, labels=batch.labels)
 
 
@@ -253,14 +253,6 @@ def build_model(impl: str, model_dir: Path):
 
 
 # ------------------------------------------------------------------------------ worker
-def uses_foalnet_allocator(impl: str) -> bool:
-    """Every implementation but the original as its authors run it, and the checkpointing
-    configuration (checkpointing with ``train.keep_freed_memory=false``: glibc's default malloc,
-    which returns large freed blocks to the kernel)."""
-    return impl not in ("original", "cached-ckpt")
-
-
-
 def vm_hwm_kib() -> int:
     """Peak resident set size of this process since the last reset, KiB."""
     return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
@@ -275,11 +267,20 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def train_steps(model, impl: str, batches: list[Batch], cached: list | None = None) -> list[tuple[float, float]]:
+def train_steps(model, impl: str, batches: list[Batch], cached: list | None = None, device: str = "cpu",
+                amp_dtype=None, losses: list | None = None) -> list[tuple[float, float]]:
     """Run one AdamW training step per batch; (wall seconds, CPU seconds of this process) per step.
-    ``cached``: per batch, the items' front-end features (impl ``cached``)."""
+    ``cached``: per batch, the items' front-end features (impl ``cached``). ``device``: the inputs
+    are moved there before the timer starts (the model must be there already); CUDA steps are
+    timed between synchronisations. ``amp_dtype`` (``torch.float16`` / ``torch.bfloat16``): the
+    forward under ``torch.autocast`` of that dtype; float16 adds a ``torch.amp.GradScaler``
+    (what accelerate's ``mixed_precision="fp16"`` does on a GPU). ``losses``: gets each step's
+    detached loss."""
     import torch
 
+    device_type = torch.device(device).type
+    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    scaler = torch.amp.GradScaler(device_type) if amp_dtype == torch.float16 else None
     params = [p for p in model.parameters() if p.requires_grad]
     if impl.startswith("original"):
         optimizer = torch.optim.AdamW(params, lr=1e-4)  # as the authors' script builds it
@@ -293,26 +294,34 @@ def train_steps(model, impl: str, batches: list[Batch], cached: list | None = No
         if impl.startswith("cached"):
             inputs = pad_cached(batch, cached[i])
         else:
-            inputs = pad_longest(batch) if impl == "ours" else pad_original(batch)  # original, original-keep
+            inputs = pad_longest(batch) if impl == "ours" else pad_original(  # original: its fixed sizes
+                batch, model.config.max_samples, model.config.max_frames)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
-        out = model(**inputs)  # the engine's order (train/loop.py): forward, backward, step, zero_grad,
-        out.loss.backward()  # so the gradients and the outputs are gone before the next batch
-        optimizer.step()
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(**inputs)  # the engine's order (train/loop.py): forward, backward, step, zero_grad,
+        loss = out.loss  # so the gradients and the outputs are gone before the next batch
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        del out, inputs
+        if losses is not None:
+            losses.append(loss.detach())
+        del out, inputs, loss
+        sync()
         times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
 def worker(args: argparse.Namespace) -> dict:
     """One configuration in this (fresh) process; returns the measurement as a dict."""
-    from foalnet.train.allocator import THP_VARIABLE, cpu_memory_settings
+    import gc
 
-    # before torch's first allocation (it reads the huge-page switch once); explicit either way,
-    # so a value in the caller's environment does not change what a row measures
-    foalnet_allocator = uses_foalnet_allocator(args.impl)
-    os.environ[THP_VARIABLE] = "1" if foalnet_allocator else "0"
-    settings = cpu_memory_settings() if foalnet_allocator else {"keep_freed_memory": False, "huge_pages": False}
     import torch
 
     torch.set_num_threads(args.threads)
@@ -326,9 +335,7 @@ def worker(args: argparse.Namespace) -> dict:
         cached = [frontend_items(model, b) for b in batches]
         audio_s = sum(len(w) for b in batches for w in b.waves) / SAMPLE_RATE
         frontend = {"frontend_cpu_s_per_audio_s": (time.process_time() - c0) / audio_s}
-    from foalnet.train.allocator import release_freed_memory
-
-    release_freed_memory()  # the cache fill's scratch memory (train_fold does the same after it)
+    gc.collect()  # the cache fill's Python garbage (its tensors are freed already)
     rss_before = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
     # warm-up steps also allocate the AdamW state; the reset happens before them so it counts
     reset_ok = reset_peak_rss()
@@ -337,7 +344,7 @@ def worker(args: argparse.Namespace) -> dict:
     cpu = [c for _, c in times[args.warmup:]]
     return {
         "impl": args.impl, "layers": args.layers[0], "lengths": args.lengths, "seconds": args.seconds,
-        "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup, **settings,
+        "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup, "allocator": "default",
         "step_cpu_s_median": statistics.median(cpu), "step_cpu_s_all": cpu,
         "step_s_median": statistics.median(wall), "step_s_all": wall,
         "rss_before_gib": rss_before / 2**20,
@@ -369,6 +376,7 @@ def run_config(model_dir: Path, impl: str, layers: int, lengths: str, steps: int
     if seconds is not None:
         cmd += ["--seconds", str(seconds)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.pop("THP_MEM_ALLOC_ENABLE", None)  # torch's huge-page switch: every row runs with torch's default
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed ({' '.join(cmd[2:])}):\n{proc.stderr[-3000:]}")
@@ -475,7 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="length mixes measured for encoders of <= 4 layers")
     p.add_argument("--inputs-large", nargs="+", choices=("mix", "full"), default=["mix"],
                    help="length mixes measured for deeper encoders (slow on this CPU)")
-    p.add_argument("--impls-large", nargs="+", choices=IMPLS, default=["original", "original-keep", "cached"],
+    p.add_argument("--impls-large", nargs="+", choices=IMPLS, default=["original", "cached"],
                    help="implementations measured for deeper encoders")
     p.add_argument("--steps", type=int, default=2, help="measured steps per configuration (<= 4 layers)")
     p.add_argument("--steps-large", type=int, default=1, help="measured steps for deeper encoders")
@@ -608,9 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                 for s in grid_seconds:
                     grids[impl][s] = session.measure(model_dir, impl, n_layers, "mix", steps, seconds=s)["step_cpu_s_median"]
             orig = session.measure(model_dir, "original", n_layers, "full", steps)
-            orig_keep = session.measure(model_dir, "original-keep", n_layers, "full", steps)
             epochs[n_layers] = (epoch_estimate(grids, orig["step_cpu_s_median"], args.epoch_items, args.batch_size,
-                                               args.seed, orig_keep["step_cpu_s_median"]), fill)
+                                               args.seed), fill)
     print("\n" + table(session.results))
     for n_layers, (est, fill) in epochs.items():
         print(f"\n{n_layers}-layer " + epoch_lines(est, fill))
