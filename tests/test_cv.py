@@ -157,3 +157,164 @@ def test_ablation_row_gets_its_paired_ua_difference_to_the_full_model(tmp_path):
            "ua": {"mean": 0.5, "std": 0.0, "ci95": [0.4, 0.6]}, "wa": {"mean": 0.5, "std": 0.0}}
     table = ablation_markdown({"audio_only": row})
     assert "| audio_only | 50.00 ± 0.00 [40.00, 60.00] | 50.00 ± 0.00 | -50.00 [-50.00, -50.00] |" in table
+
+
+# ----------------------------------------------------------------------------- seeds (issue 14 item 1)
+
+
+@pytest.fixture(scope="module")
+def cv_seeds(audio_data, tmp_path_factory) -> tuple[Path, str]:
+    """CV_DIR of `cv --seeds 1,2 --folds 1` (FAST) and what the run printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("seeds") / "cv"
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        assert main(["cv", str(audio_data), "--out", str(out), *FAST, "--folds", "1",
+                     "--seeds", "1,2"]) == 0
+    return out, printed.getvalue() + errors.getvalue()
+
+
+def test_cv_seeds_one_cv_per_seed_and_summary_over_seeds(cv_seeds):
+    import yaml
+
+    out, _ = cv_seeds
+    per_seed = [json.loads((out / f"seed{s}" / "summary.json").read_text()) for s in (1, 2)]
+    for seed in (1, 2):
+        saved = yaml.safe_load((out / f"seed{seed}" / "fold1" / "config.yaml").read_text())
+        assert saved["train"]["seed"] == seed
+        curves = out / f"seed{seed}" / "fold1" / "learning_curves.png"
+        assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2] and summary["folds"] == [1]
+    a, b = (s["ua"]["mean"] for s in per_seed)
+    assert summary["ua"]["per_seed"] == [a, b]
+    assert summary["ua"]["mean"] == pytest.approx((a + b) / 2)
+    assert summary["ua"]["std"] == pytest.approx(abs(a - b) / 2 ** 0.5)  # sample std of two
+    assert [r["seed"] for r in summary["per_seed"]] == [1, 2]
+    lo, hi = summary["ua"]["ci95"]
+    assert 0.0 <= lo <= hi <= 1.0 and "strata = seed x fold" in summary["bootstrap"]["method"]
+    report = (out / "report.md").read_text()
+    assert f"| mean ± std over seeds | {100 * summary['ua']['mean']:.2f} ± " \
+           f"{100 * summary['ua']['std']:.2f} |" in report
+    assert f"| 2 | {100 * b:.2f} ± 0.00 |" in report  # one fold: no spread over folds
+
+
+def test_seeds_rerun_reuses_every_fold_and_says_so_once_per_seed(audio_data, cv_seeds, capsys):
+    out, first = cv_seeds
+    stamp = (out / "seed2" / "fold1" / "summary.json").stat().st_mtime_ns
+    # the first run: every epoch line tagged with its seed and fold, no progress bar redraws
+    assert "[seed 1 fold 1] epoch 1/1" in first and "[seed 2 fold 1] epoch 1/1" in first
+    assert "\r" not in first
+    assert main(["cv", str(audio_data), "--out", str(out), *FAST, "--folds", "1",
+                 "--seeds", "1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "seed2" / "fold1" / "summary.json").stat().st_mtime_ns == stamp
+    lines = [x for x in printed.splitlines() if "already complete" in x]
+    assert [x.split("]")[0] for x in lines] == ["[seed 1", "[seed 2"]
+    assert "epoch 1/1" not in printed
+
+
+def test_seeds_refused_into_a_single_seed_folder_and_beside_train_seed(audio_data, cv_one_fold,
+                                                                       cv_seeds, caplog):
+    assert main(["cv", str(audio_data), "--out", str(cv_one_fold), *FAST, "--folds", "1",
+                 "--seeds", "1"]) == 2
+    assert "holds a single-seed cross-validation (fold1)" in _errors(caplog)
+    caplog.clear()
+    assert main(["cv", str(audio_data), "--out", str(cv_seeds[0]), *FAST, "--folds", "1"]) == 2
+    assert "holds a cross-validation over seeds (seed1, seed2)" in _errors(caplog)
+    caplog.clear()
+    assert main(["cv", str(audio_data), "--out", str(cv_seeds[0]), *FAST, "--folds", "1",
+                 "--seeds", "1,2", "--set", "train.seed=3"]) == 2
+    assert "--seeds and --set train.seed" in _errors(caplog)
+    caplog.clear()
+    assert main(["cv", str(audio_data), "--out", str(cv_seeds[0]), *FAST, "--seeds", "1,1"]) == 2
+    assert "distinct integers" in _errors(caplog)
+
+
+def test_summarize_seeds_by_hand():
+    from foalnet.train.cv import summarize_seeds
+
+    def cv(ua: list[float]) -> dict:
+        metric = {"mean": sum(ua) / len(ua), "std": 0.1, "per_fold": ua, "ci95": [0.0, 1.0]}
+        return {"folds": [1, 2], "labels": ["a", "b"], "protocol": "p", "ua": metric,
+                "wa": metric, "macro_f1": metric, "selected_epochs": [1, 2],
+                "pooled": {"confusion": [[1, 0], [0, 1]]}}
+
+    out = summarize_seeds({7: cv([0.4, 0.6]), 3: cv([0.6, 0.8])})
+    assert out["seeds"] == [3, 7] and out["ua"]["per_seed"] == [0.7, 0.5]
+    assert out["ua"]["mean"] == pytest.approx(0.6)
+    assert out["ua"]["std"] == pytest.approx(0.2 / 2 ** 0.5)
+    assert out["ua"]["per_seed_fold"] == [[0.6, 0.8], [0.4, 0.6]]
+    assert out["pooled"]["confusion"] == [[2, 0], [0, 2]] and out["pooled"]["ua"] == 1.0
+
+
+# ----------------------------------------------------------------------------- corpus marking, console
+
+
+def test_ablation_table_marks_the_paper_columns_when_our_corpus_is_not_iemocap(prepared_dir, tmp_path):
+    from foalnet.train.ablate import ablation_markdown
+
+    row = {"folds": [1], "labels": ["a"], "protocol": "p", "corpus": "iemocap",
+           "data_dir": str(prepared_dir), "ua": {"mean": 0.5, "std": 0.0},
+           "wa": {"mean": 0.5, "std": 0.0}}
+    synthetic = ablation_markdown({"full": row})  # prepared from `foalnet synth` output
+    assert "| UA % (paper, IEMOCAP: OTHER CORPUS) |" in synthetic
+    assert "**Different corpus:** our rows are on the synthetic IEMOCAP-shaped corpus" in synthetic
+    real = tmp_path / "real"  # an IEMOCAP root without the synth marker
+    real.mkdir()
+    meta = json.loads((prepared_dir / "prepare.json").read_text())
+    meta["options"]["root"] = str(real)
+    (real / "prepare.json").write_text(json.dumps(meta))
+    table = ablation_markdown({"full": {**row, "data_dir": str(real)}})
+    assert "| UA % (paper, IEMOCAP) |" in table and "Different corpus" not in table
+    csv_row = ablation_markdown({"full": {**row, "corpus": "csv", "data_dir": None}})
+    assert "our rows are on the csv" in csv_row
+
+
+class _Acc:
+    def __init__(self, main: bool = True) -> None:
+        self.is_local_main_process = main
+        self.device = "cpu"
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_console_tags_and_progress_bars_only_on_a_terminal(capsys):
+    from foalnet.train.loop import show_progress_bars, tagged
+
+    acc = tagged(tagged(_Acc(), "full"), "fold 2")
+    acc.print("epoch 1/3")
+    assert capsys.readouterr().out == "[full fold 2] epoch 1/3\n"
+    assert acc.device == "cpu"  # everything else is the wrapped accelerator's
+    tagged(_Acc(main=False), "full").print("x")
+    assert capsys.readouterr().out == ""
+    assert show_progress_bars(_Acc(), _Stream(True)) is True
+    assert show_progress_bars(_Acc(), _Stream(False)) is False  # a log file
+    assert show_progress_bars(_Acc(main=False), _Stream(True)) is False
+    assert show_progress_bars(tagged(_Acc(), "r", progress_bars=False), _Stream(True)) is False
+    assert show_progress_bars(tagged(tagged(_Acc(), "r", progress_bars=False), "fold 1"),
+                              _Stream(True)) is False  # kept through nested tags
+
+
+def test_learning_curves_png_leaves_pyplot_alone(tmp_path):
+    """Drawn without pyplot (no global backend or figure registry touched), a real PNG."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from foalnet.train.figures import learning_curves_png\n"
+            "h = [{'epoch': '1', 'train_ce': '1.2', 'dev_loss': '1.0', 'dev_ua': '0.4'},\n"
+            "     {'epoch': '2', 'train_ce': '0.9', 'dev_loss': 'nan', 'dev_ua': '0.6'}]\n"
+            "png = learning_curves_png(h, 2)\n"
+            "assert png[:8] == b'\\x89PNG\\r\\n\\x1a\\n', png[:8]\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
