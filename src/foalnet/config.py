@@ -40,7 +40,10 @@ class DataConfig:
     data_dir: str = MISSING  # prepared DATA_DIR (manifest.jsonl, prepare.json, visual/<encoder>/)
     fold: int | None = None  # test fold (IEMOCAP: session 1..5); None = not chosen yet
     visual_encoder: str | None = None  # cache sub-folder of DATA_DIR/visual/; None = the only one
-    dev_speakers: int = 1  # speakers of the training folds held out for model selection
+    # speakers of the training folds held out for model selection; "auto": as many as give the
+    # dev split >= 48 items and >= 10 % of the training pool, at most a third of its speakers
+    # (IEMOCAP: 1; 10 actors x 8 clips: 3). One speaker of 8 clips makes selection a coin flip.
+    dev_speakers: int | str = "auto"
     select_on_test: bool = False  # paper protocol: pick the best epoch on the TEST fold (optimistic)
     num_workers: int = 0  # DataLoader worker processes
     length_grouped: bool = False  # batch similar lengths together (still class-balanced)
@@ -51,8 +54,9 @@ class DataConfig:
         problems = []
         if self.fold is not None and (not isinstance(self.fold, int) or self.fold < 0):
             problems.append(f"fold={self.fold!r} must be a non-negative integer or null")
-        if self.dev_speakers < 1:
-            problems.append(f"dev_speakers={self.dev_speakers} must be >= 1")
+        if self.dev_speakers != "auto" and not (isinstance(self.dev_speakers, int)
+                                                and self.dev_speakers >= 1):
+            problems.append(f"dev_speakers={self.dev_speakers!r} must be >= 1 or 'auto'")
         if self.num_workers < 0:
             problems.append(f"num_workers={self.num_workers} must be >= 0")
         if self.group_batches < 1:
@@ -78,6 +82,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1  # warmup share of all steps for warmup_cosine
     balanced_sampling: bool = True  # draws with replacement, weight 1/count(class)
     select_metric: str = "ua"  # dev metric that picks the best epoch (loss: lowest)
+    # epochs averaged (trailing mean) in the selection score: a single epoch's score on a small
+    # dev split is mostly noise; the weights kept are those of the window's last epoch
+    select_window: int = 3
     eval_batch_size: int = 0  # batch size for dev/test; 0 = batch_size
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = end of epoch only
     # checkpoints left when the run completes (the latest N; 0 = none); while training the latest max(N, 1)
@@ -95,7 +102,7 @@ class TrainConfig:
             problems.append(f"weight_decay={self.weight_decay} must be >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"betas={self.betas} must be two values in [0, 1)")
-        for name in ("batch_size", "epochs", "grad_accum", "nan_patience"):
+        for name in ("batch_size", "epochs", "grad_accum", "nan_patience", "select_window"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("eval_batch_size", "checkpoint_every", "keep_checkpoints", "max_steps"):

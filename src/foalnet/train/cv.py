@@ -202,6 +202,7 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[d
         "leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the training "
         "folds; test fold untouched during selection")
     out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
+    out["selection"] = [per_fold[k].get("selection") for k in folds]  # stability, train/loop.py
     out["skipped_items"] = len({r["id"] for r in rejected})
     out["skipped_per_fold"] = [int(per_fold[k].get("skipped_items", 0)) for k in folds]
     out["data_dir"] = cfg.data.data_dir

@@ -270,6 +270,10 @@ class Engine:
                 row[f"{self.select_name}_{key}"] = result.metrics[key]
         row["seconds"] = round(seconds, 2)
         score = self._score(result)
+        if score is not None:  # the trailing mean over train.select_window epochs (this one too)
+            score = trailing_mean([self._raw_score(r) for r in state.history] + [score],
+                                  self.train_cfg.select_window)
+            row["select_score"] = score
         improved = state.best_score is None or (score is not None and score > state.best_score)
         if improved:
             state.best_score, state.best_epoch = score, epoch + 1
@@ -295,6 +299,18 @@ class Engine:
             return None
         metric = self.train_cfg.select_metric
         return -result.loss if metric == "loss" else float(result.metrics[metric])
+
+    def _raw_score(self, row: dict) -> float | None:
+        """One past epoch's unsmoothed selection score from its history row (None: no dev)."""
+        metric = self.train_cfg.select_metric
+        value = row.get(f"{self.select_name}_{metric}")
+        return None if value is None else (-value if metric == "loss" else float(value))
+
+    def selection_report(self, history: list[dict], dev_items: int) -> dict | None:
+        """How well determined the selected epoch was (``selection_stability``)."""
+        return selection_stability([self._raw_score(r) for r in history],
+                                   self.train_cfg.select_window, dev_items,
+                                   self.train_cfg.select_metric)
 
     def _epoch_line(self, row: dict) -> str:
         parts = " ".join(f"{k} {row[f'train_{k}']:.3f}" for k in LOSS_PARTS if f"train_{k}" in row)
@@ -356,6 +372,40 @@ class Engine:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def trailing_mean(scores: list[float | None], window: int) -> float:
+    """Mean of the last ``window`` scores (fewer at the start; epochs without one skipped)."""
+    recent = [s for s in scores[-window:] if s is not None]
+    return float(np.mean(recent))
+
+
+def selection_stability(raw: list[float | None], window: int, dev_items: int,
+                        metric: str) -> dict | None:
+    """Was the selected epoch a choice or a coin flip? From the per-epoch dev scores.
+
+    ``noise``: the size of a chance difference between two epochs' scores: for UA/WA/F1 the
+    binomial standard error sqrt(p(1 - p) / n) at the selected score (n = dev items), for the
+    loss the median change from one epoch to the next over sqrt(2). ``near_best_epochs``: the
+    epochs whose (smoothed) score is within one ``noise`` of the selected one; when they are
+    many and spread out, the dev split could not tell those epochs apart."""
+    scores = [None if s is None else trailing_mean(raw[: i + 1], window) for i, s in enumerate(raw)]
+    valid = [(i + 1, s) for i, s in enumerate(scores) if s is not None]
+    if not valid:
+        return None
+    epoch, best = max(valid, key=lambda es: es[1])  # first of the ties, as the engine keeps it
+    values = [s for s in raw if s is not None]
+    changes = np.abs(np.diff(values)) if len(values) > 1 else np.zeros(1)
+    if metric == "loss":
+        noise = float(np.median(changes)) / math.sqrt(2)
+    else:
+        p = min(max(best, 0.0), 1.0)
+        noise = math.sqrt(p * (1 - p) / max(dev_items, 1))
+    near = [e for e, s in valid if s >= best - noise]
+    return {"metric": metric, "window": window, "dev_items": dev_items, "selected_epoch": epoch,
+            "score": best, "noise": noise, "near_best_epochs": near,
+            "near_best_share": len(near) / len(valid), "near_best_span": [min(near), max(near)],
+            "epoch_to_epoch_change": float(np.median(changes))}
 
 
 def _latest_checkpoint_text(run_dir: Path) -> str:
