@@ -31,12 +31,14 @@ def _values(history: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def learning_curves_png(history: list[dict], selected_epoch: int | None, select_name: str = "dev",
-                        title: str = "", dpi: int = 90) -> bytes:
+                        title: str = "", dpi: int = 90, select_metric: str = "ua") -> bytes:
     """PNG of two panels: train and ``select_name`` loss, ``select_name`` UA, per epoch.
 
     ``history``: the rows of metrics.csv (``epoch``, ``train_loss``, ``dev_loss``, ``dev_ua``;
     ``test_*`` under the paper's select-on-test protocol). A dashed line marks the epoch whose
-    weights were kept, so a reader sees how far selection is from the last epoch."""
+    weights were kept, so a reader sees how far selection is from the last epoch; the score
+    selection maximised (``select_score``, a trailing mean over epochs) is drawn dashed beside
+    the metric it smooths: UA panel for ``select_metric`` ua/wa/macro_f1, loss panel for loss."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -47,15 +49,23 @@ def learning_curves_png(history: list[dict], selected_epoch: int | None, select_
     # dev loss is cross-entropy only; train CE beside it compares like with like, and the
     # total training loss (CE + AVEL + 0.1 MEM) is drawn thin
     marker = "." if len(history) < 40 else None
-    for key, label, style in (("train_ce", "train CE", "-"), ("train_loss", "train total", ":"),
-                              (f"{select_name}_loss", f"{select_name} CE", "-")):
+    for key, label, style, colour in (
+            ("train_ce", "train CE", "-", "tab:blue"), ("train_loss", "train total", ":", "tab:gray"),
+            (f"{select_name}_loss", f"{select_name} CE", "-", "tab:orange")):
         xs, ys = _values(history, key)
         if xs:
-            loss_ax.plot(xs, ys, style, marker=marker if style == "-" else None, label=label)
+            loss_ax.plot(xs, ys, style, color=colour, marker=marker if style == "-" else None,
+                         label=label)
     xs, ys = _values(history, f"{select_name}_ua")
     if xs:
         ua_ax.plot(xs, [100 * y for y in ys], marker=marker,
                    color="tab:green", label=f"{select_name} UA %")
+    xs, ys = _values(history, "select_score")
+    if xs and select_metric == "loss":
+        loss_ax.plot(xs, [-y for y in ys], "--", color="tab:purple", label="selection score")
+    elif xs:
+        ua_ax.plot(xs, [100 * y for y in ys], "--", color="tab:purple",
+                   label=f"selection score ({select_metric})")
     for ax, name in ((loss_ax, "loss"), (ua_ax, f"{select_name} UA %")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
@@ -84,10 +94,12 @@ def read_history(run_dir: str | Path) -> list[dict]:
 
 
 def write_learning_curves(run_dir: str | Path, history: list[dict], selected_epoch: int | None,
-                          select_name: str = "dev", title: str = "") -> Path:
+                          select_name: str = "dev", title: str = "",
+                          select_metric: str = "ua") -> Path:
     """``RUN_DIR/learning_curves.png`` (atomic: a reader never sees half a PNG)."""
     path = Path(run_dir) / CURVES_FILE
-    data = learning_curves_png(history, selected_epoch, select_name, title)
+    data = learning_curves_png(history, selected_epoch, select_name, title,
+                               select_metric=select_metric)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)

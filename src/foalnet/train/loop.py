@@ -154,7 +154,8 @@ class Engine:
 
         title = getattr(self.accelerator, "tag", "") or self.run_dir.name
         write_learning_curves(self.run_dir, state.history, state.best_epoch, self.select_name,
-                              title=f"{title}: selected on {self.select_name}")
+                              title=f"{title}: selected on {self.select_name}",
+                              select_metric=self.train_cfg.select_metric)
 
     def evaluate(self, model, loader, targets: list[int]) -> EvalResult:
         """Logits of every item, gathered over processes (``gather_for_metrics``), + metrics."""

@@ -111,7 +111,8 @@ def curves_png(run_dir: Path, summary: dict) -> bytes | None:
     if not history:
         return None
     return learning_curves_png(history, summary.get("selected_epoch"),
-                               summary.get("selected_on", "dev"), title=Path(run_dir).name)
+                               summary.get("selected_on", "dev"), title=Path(run_dir).name,
+                               select_metric=summary.get("select_metric") or "ua")
 
 
 # ----------------------------------------------------------------------------- HTML pieces
@@ -186,11 +187,17 @@ def protocol_words(cfg: dict, summary: dict, seeds: list[int] | None = None) -> 
                      f"{train.get('epochs')} epochs and the epoch with the best {metric} on the "
                      "<b>test</b> fold was kept, so the test numbers are optimistic.")
     else:
+        count = data.get("dev_speakers")
+        speakers = ("held-out speakers of the training folds (as many as the dev split needs: "
+                    "data.dev_speakers = auto)" if count == "auto"
+                    else f"{count} held-out speaker(s) of the training folds")
+        window = int(train.get("select_window") or 1)
+        smoothed = f" (trailing mean over {window} epochs)" if window > 1 else ""
         selection = (f"Each model was trained for {train.get('epochs')} epochs. After every epoch "
-                     f"it was scored on a dev split of {data.get('dev_speakers')} held-out "
-                     f"speaker(s) of the training folds, and the weights of the epoch with the "
-                     f"best dev {metric} were kept; the test fold was read once, after training, "
-                     "with those weights (leave-one-fold-out).")
+                     f"it was scored on a dev split of {speakers}, and the weights of the epoch "
+                     f"with the best dev {metric}{smoothed} were kept; the test fold was read "
+                     "once, after training, with those weights (leave-one-fold-out; the dev "
+                     "speakers of each fold are in its table row).")
     corpus = corpus_of(summary)
     counts = _prepare_counts(summary.get("data_dir"))
     data_text = (f"Data: <code>{esc(summary.get('data_dir'))}</code>, {esc(corpus['name'])}"
