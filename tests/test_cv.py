@@ -318,3 +318,34 @@ def test_learning_curves_png_leaves_pyplot_alone(tmp_path):
             "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_paired_difference_with_seeds_pairs_seed_with_seed(tmp_path):
+    """Seed 1 of the row misses every `b` item (-0.5 UA against seed 1 of full), seed 2 matches
+    full exactly (0): the difference of the means over seeds is -0.25 on every resample."""
+    from foalnet.train.ablate import paired_vs_full
+
+    items = [(f"u{i}", "ab"[i % 2]) for i in range(20)]
+    for seed in (1, 2):
+        _predictions(tmp_path / "full" / f"seed{seed}" / "fold1", [(i, t, t) for i, t in items])
+    _predictions(tmp_path / "audio_only" / "seed1" / "fold1", [(i, t, "a") for i, t in items])
+    _predictions(tmp_path / "audio_only" / "seed2" / "fold1", [(i, t, t) for i, t in items])
+    paired = paired_vs_full(tmp_path, "audio_only", {"folds": [1], "labels": ["a", "b"],
+                                                     "seeds": [1, 2]})
+    assert (paired["ua_diff"], paired["interval"], paired["items"]) == (-0.25, [-0.25, -0.25], 40)
+    assert "strata = seed x fold" in paired["method"]
+
+
+def test_ablate_seeds_writes_rows_per_seed(audio_data, tmp_path, capsys):
+    out = tmp_path / "abl"
+    fast = [x for x in FAST if x not in ("--modality", "audio")]
+    assert main(["ablate", str(audio_data), "--out", str(out), *fast, "--rows", "audio_only",
+                 "--folds", "1", "--seeds", "1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert "[audio_only seed 2 fold 1] epoch 1/1" in printed
+    assert (out / "audio_only" / "seed2" / "fold1" / "summary.json").is_file()
+    row = json.loads((out / "ablation.json").read_text())["audio_only"]
+    assert row["seeds"] == [1, 2] and len(row["per_seed"]) == 2
+    table = (out / "ablation.md").read_text()
+    assert "seeds 1, 2" in table and "mean ± std over seeds of the CV means" in table
+    assert f"| audio_only | {100 * row['ua']['mean']:.2f} ± {100 * row['ua']['std']:.2f} [" in table
