@@ -67,6 +67,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "folder (e.g. a local copy of the CLIP checkpoint)")
     p.set_defaults(func=run)
     p.__class__ = _IntermixedParser  # same object, one overridden method (see the class)
+    _register_serve(subparsers)
+
+
+def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+    """`foalnet serve MODEL_DIR`: the web page and JSON endpoint of infer/serve.py."""
+    p = subparsers.add_parser(
+        "serve",
+        help="local web page + JSON endpoint showing a model's predictions over time",
+        description="Serve a model folder: a web page (upload a video/audio file or pick a "
+        "generated example; player, per-class probability timeline, label, crop thumbnails, "
+        "JSON/CSV download) and POST /api/predict (curl -F file=@clip.mp4 "
+        "http://127.0.0.1:7860/api/predict). Needs the `serve` extra: pip install 'foalnet[serve]'.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder (or run folder: uses best/)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: this machine only; 0.0.0.0 = every network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--window", type=float, default=2.0, help="window length in seconds (default 2)")
+    p.add_argument("--hop", type=float, default=1.0, help="seconds between windows (default 1)")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (default 200)")
+    p.add_argument("--max-duration", type=float, default=600.0,
+                   help="longest file in seconds (default 600)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    p.add_argument("--visual-encoder", help="override the visual encoder recorded in the model folder")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """The `serve` command; returns the exit status (2: usage, missing extra, bad model)."""
+    from foalnet.infer.predictor import Predictor, PredictorError, check_window
+
+    def usage(message: str) -> int:
+        print(f"foalnet serve: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        check_window(args.window, args.hop)
+    except ValueError as err:
+        return usage(str(err))
+    if not (args.max_upload_mb > 0 and args.max_duration > 0 and 0 < args.port < 65536):
+        return usage("--max-upload-mb and --max-duration must be > 0, --port in 1..65535")
+    try:
+        from foalnet.infer.serve import Limits, serve
+        import gradio  # noqa: F401
+    except ImportError as err:
+        return usage(f"serve needs Gradio ({err}): pip install 'foalnet[serve]'")
+    try:
+        predictor = Predictor.from_pretrained(args.model_dir, device=args.device,
+                                              visual_encoder=args.visual_encoder)
+    except PredictorError as err:
+        return usage(str(err))
+    limits = Limits(max_upload_mb=args.max_upload_mb, max_duration=args.max_duration)
+    serve(predictor, args.host, args.port, args.window, args.hop, limits)
+    return 0
 
 
 def _list_file(path: Path) -> Iterator[str]:
