@@ -148,8 +148,21 @@ def test_api_bad_requests(server):
     assert "multipart field 'file'" in httpx.post(server.url + API_PATH, data={"x": "1"}).json()["error"]
 
 
+def test_api_two_files_refused(server, clips):
+    with open(clips["corrupt.mp4"], "rb") as a, open(clips["empty.mp4"], "rb") as b:
+        response = httpx.post(server.url + API_PATH, files=[("file", ("a.mp4", a)), ("file", ("b.mp4", b))])
+    assert response.status_code == 400 and "one file" in response.json()["error"]
+
+
+def test_page_results_pruned(server):
+    """A long-running page keeps the files of its 8 latest results (+ the new one) only."""
+    folders = [server.service.new_folder() for _ in range(12)]
+    kept = sorted((server.service.workdir / "page").iterdir())
+    assert kept == folders[-9:]
+
+
 def test_api_removes_its_temp_files(server, clips):
-    requests = server.service.workdir / "requests"
+    requests = server.service.workdir / "api"
     before = set(requests.iterdir()) if requests.exists() else set()
     server.post(server.service.examples[0])
     server.post(clips["corrupt.mp4"])

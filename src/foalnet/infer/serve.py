@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -101,10 +102,16 @@ class Service:
         """Remove every file the service wrote."""
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def new_folder(self) -> Path:
-        """A fresh folder for one request's files."""
-        folder = self.workdir / "requests" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
+    def new_folder(self, kind: str = "page", keep: int = 8) -> Path:
+        """A fresh folder for one request's files. Of the page's, only the `keep` newest stay
+        (Gradio has copied older ones into its own cache); the endpoint removes its own."""
+        root = self.workdir / kind
+        root.mkdir(parents=True, exist_ok=True)
+        if kind == "page":
+            for old in sorted(root.iterdir())[:-keep]:  # names start with the creation time
+                shutil.rmtree(old, ignore_errors=True)
+        folder = root / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
         return folder
 
     def check(self, path: str | Path, name: str) -> MediaInfo:
@@ -417,19 +424,22 @@ def add_api(app: FastAPI, service: Service) -> None:
 
     @app.post(API_PATH)
     async def api_predict(request: Request):
-        length = request.headers.get("content-length")
-        if length is None:
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
             return _json_error(411, "send the upload with a Content-Length (curl -F file=@clip.mp4)")
-        if int(length) > service.limits.max_upload_bytes + 64 * 1024:
+        if int(length) > service.limits.max_upload_bytes + 64 * 1024:  # + multipart framing
             return _json_error(413, f"upload of {int(length) / 2**20:.1f} MB is larger than the "
                                     f"{service.limits.max_upload_mb:g} MB limit")
-        form = await request.form(max_files=1, max_fields=4)
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except Exception as err:  # starlette's own 400s would answer {"detail"}, not {"error"}
+            return _json_error(400, f"not a multipart upload with one file ({err})")
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):
             return _json_error(400, "no file: send it as the multipart field 'file' "
                                     "(curl -F file=@clip.mp4 ...)")
         name = Path(upload.filename or "upload").name
-        folder = service.new_folder()
+        folder = service.new_folder("api")
         try:
             path = folder / (_UNSAFE.sub("_", name) or "upload")
             with open(path, "wb") as fh:
