@@ -45,7 +45,9 @@ class EgemapsStore(FeatureStore):
 class EgemapsSettings:
     """What determines the features (all of it goes into the slug and every item key)."""
 
-    sample_rate: int = 16000  # audio resampled to this rate before openSMILE (the toolkit's rate)
+    # None: each file at its own rate (openSMILE's usual use; the README anchors: RAVDESS 48 kHz,
+    # labels_all.csv C=1 UA 0.612 at 48 kHz, 0.560 resampled to 16 kHz); or resample to this rate
+    sample_rate: int | None = None
     feature_set: str = FEATURE_SET
     feature_level: str = FEATURE_LEVEL
 
@@ -147,16 +149,17 @@ def build_egemaps_cache(data_dir: str | os.PathLike, records: Iterable[dict],
 def _one_item(store: EgemapsStore, smile, settings: EgemapsSettings, settings_hash: str,
               record: dict) -> bool | dict:
     """True computed, False reused, or the rejection ``{"id", "path", "reason"}``."""
-    from foalnet.data.audio import AudioError, load_audio
+    from foalnet.data.audio import AudioError, audio_info, load_audio
 
     path = str(record.get("wav"))
     try:
         key = item_key(record, settings_hash)
         if store.key_of(record["id"]) == key and store.has(record["id"]):
             return False
-        wave = load_audio(record["wav"], sample_rate=settings.sample_rate,
+        rate = settings.sample_rate or audio_info(record["wav"]).sample_rate
+        wave = load_audio(record["wav"], sample_rate=rate,
                           start=record.get("audio_start"), end=record.get("audio_end"))
-        values = functionals(smile, wave, settings.sample_rate)
+        values = functionals(smile, wave, rate)
     except FileNotFoundError:
         return {"id": record["id"], "path": path, "reason": "file not found"}
     except (OSError, AudioError, ValueError) as err:

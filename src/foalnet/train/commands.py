@@ -232,13 +232,17 @@ def _parse_grid(text: str, flag: str) -> tuple[float, ...]:
 
 @_guard
 def cmd_svm(args: argparse.Namespace) -> int:
+    from foalnet.features.egemaps import EgemapsSettings
     from foalnet.train.svm import SvmSettings, run_svm_cv
 
+    if args.sample_rate is not None and args.sample_rate <= 0:
+        raise ValueError(f"--sample-rate {args.sample_rate}: must be a positive rate in Hz")
     settings = SvmSettings(speaker_norm=args.speaker_norm, c_grid=_parse_grid(args.c_grid, "--c-grid"),
                            gamma_grid=_parse_grid(args.gamma_grid, "--gamma-grid"),
                            inner_folds=args.inner_folds)
     summary = run_svm_cv(args.data_dir, Path(args.out), folds=_parse_folds(args.folds),
-                         settings=settings, progress=not args.no_progress)
+                         settings=settings, features=EgemapsSettings(sample_rate=args.sample_rate),
+                         progress=not args.no_progress)
     print(Path(args.out, "report.md").read_text())
     return _finish("eGeMAPS SVM baseline", Path(args.out), summary["skipped_items"])
 
@@ -298,6 +302,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="RBF gamma candidates as multiples of 1/n_features")
     svm.add_argument("--inner-folds", type=int, default=5,
                      help="speaker-grouped inner CV folds for choosing C/gamma (default 5)")
+    svm.add_argument("--sample-rate", type=int, metavar="HZ",
+                     help="resample the audio to this rate first (default: each file's own rate)")
     svm.add_argument("--no-progress", action="store_true", help="no progress bar")
     svm.set_defaults(func=cmd_svm)
 
