@@ -394,3 +394,30 @@ def test_real_meld_rows_per_split():
     for split, want in meld.OFFICIAL.items():
         assert len(meld.read_split(meld.split_paths(root, split)[0])) == want
     assert sum(meld.OFFICIAL.values()) == 13708
+
+
+# ----------------------------------------------------------------------------- faces
+def test_face_cropper_on_a_real_face_then_no_face():
+    """The astronaut photograph at 0.6x in a 960x720 frame (face 59 px, 6 % of the width: the
+    old 160 px / one-fifth settings never saw it); then frames without it: the box is held
+    `hold` frames, then the full frame is served, as the cache meta says."""
+    pytest.importorskip("cv2")
+    skimage_data = pytest.importorskip("skimage.data")
+    import cv2
+
+    from foalnet.data.video import FaceCropper
+
+    frame = np.full((720, 960, 3), 110, np.uint8)
+    frame[200:507, 300:607] = cv2.resize(skimage_data.astronaut(), (307, 307))
+    cropper = FaceCropper(hold=4, every=1)
+    face = cropper(frame, key="face:full")
+    assert 60 <= face.shape[0] <= 120 and 60 <= face.shape[1] <= 120 and cropper.fallbacks == 0
+    blank = np.full_like(frame, 110)
+    served = [cropper(blank, key="face:full").shape for _ in range(6)]
+    assert served[:4] == [face.shape] * 4 and served[4:] == [blank.shape] * 2
+    assert cropper.fallbacks == 2
+    settings = cropper.settings()
+    assert settings["pick"] == "largest" and settings["min_face"] == 0.05
+    assert settings["no_face"] == "reuse the last box for up to 4 frames, then the full region"
+    cropper.reset()
+    assert cropper(blank, key="face:full") is blank  # nothing held across videos

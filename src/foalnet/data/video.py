@@ -428,9 +428,10 @@ def crop_region(image: np.ndarray, region: str) -> np.ndarray:
 class FaceCropper:
     """Face box from OpenCV's Haar cascade (optional extra `face`), else the whole region.
 
-    Detection runs on a grey copy `detect_width` px wide, looks for faces of at least a fifth
-    of that width, and runs on every `every`-th frame of a region (faces move little between
-    frames). Several faces (MELD's scenes): the largest box is taken, the speaker usually being
+    Detection runs on a grey copy `detect_width` px wide, looks for faces of at least
+    `min_face` of that width (480 px and 0.05: 24 px, the cascade's own window; the earlier 160
+    px and a fifth missed every face under 20 % of the frame width, benchmarks/face_detection.py)
+    and runs on every `every`-th frame of a region (faces move little between frames). Several faces (MELD's scenes): the largest box is taken, the speaker usually being
     the one in close-up. No face found: the last box is reused until it is `hold` frames old,
     so a miss of the detector does not jump the crop; after that, and before any face was seen,
     the whole region is used. `settings()` says so (it goes into the cache's meta.json);
@@ -441,7 +442,7 @@ class FaceCropper:
     PICK = "largest"
 
     def __init__(self, margin: float = 0.25, hold: int = 15, every: int = 3,
-                 detect_width: int = 160):
+                 detect_width: int = 480, min_face: float = 0.05):
         try:
             import cv2
         except ImportError as err:
@@ -452,13 +453,15 @@ class FaceCropper:
         if self._detector.empty():
             raise ImportError(f"OpenCV face cascade not found at {cascade}")
         self.margin, self.hold, self.every, self.detect_width = margin, hold, every, detect_width
+        self.min_face = min_face  # smallest face searched, as a fraction of the region's width
         self.fallbacks = 0
         self._last: dict[str, tuple[tuple[int, int, int, int], int]] = {}  # key -> (box, age)
         self._calls: dict[str, int] = {}
 
     def settings(self) -> dict:
         return {"detector": "haar_frontalface_default", "margin": self.margin, "hold": self.hold,
-                "every": self.every, "detect_width": self.detect_width, "pick": self.PICK,
+                "every": self.every, "detect_width": self.detect_width,
+                "min_face": self.min_face, "pick": self.PICK,
                 "no_face": f"reuse the last box for up to {self.hold} frames, then the full "
                            "region"}
 
@@ -474,7 +477,7 @@ class FaceCropper:
         scale = max(1.0, W / self.detect_width)
         small = cv2.resize(image, (int(W / scale), int(H / scale)), interpolation=cv2.INTER_AREA)
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        least = max(16, grey.shape[1] // 5)
+        least = max(16, int(grey.shape[1] * self.min_face))
         found = self._detector.detectMultiScale(grey, scaleFactor=1.15, minNeighbors=4,
                                                 minSize=(least, least))
         if len(found) == 0:
