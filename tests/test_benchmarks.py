@@ -94,3 +94,61 @@ def test_remeasure_reuses_only_the_other_implementations(train_step, tmp_path):
     args = train_step.parse_args(["--remeasure", "cached", "cached-ckpt"])
     assert {key[0] for key in train_step.Session(args, log).done} == {"original"}
     assert {key[0] for key in train_step.Session(train_step.parse_args([]), log).done} == {"original", "cached", "cached-ckpt"}
+
+
+# ------------------------------------------------------------------------------ original_style, gpu_check
+def test_original_style_imports_nothing_of_foalnet():
+    """The baseline must not share foalnet's code (a change to foalnet must not move its rows)."""
+    import ast
+    import subprocess
+
+    path = ROOT / "benchmarks" / "original_style.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        assert not any(n.split(".")[0] == "foalnet" for n in names), names
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('o', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); sys.modules['o'] = m; spec.loader.exec_module(m); "
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'foalnet'))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def gpu_check(train_step):
+    spec = importlib.util.spec_from_file_location("bench_gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(gpu_check):
+    import os
+    import subprocess
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU, even on a machine that has one
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [gpu_check.NO_CUDA_LINE]
+
+
+def test_gpu_check_tiny_runs_every_path_on_cpu(gpu_check, tmp_path):
+    import json
+
+    out = tmp_path / "gpu_check.json"
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    rows = {(r["impl"], r["precision"]): r for r in payload["train"]}
+    assert set(rows) == {(i, p) for i in ("foalnet", "original") for p in ("fp16", "bf16")}
+    for r in rows.values():
+        assert r["step_s_median"] > 0 and r["losses_finite"] and r["peak_gib"] is None  # no CUDA stats on CPU
+    diffs = {r["precision"]: r for r in payload["packed_vs_transformers"]}
+    assert diffs["fp32"]["max_abs_diff_packed_vs_transformers"] < 1e-4  # same weights, same function
+    assert all(r["finite"] for r in diffs.values())
+    assert [r["precision"] for r in payload["clip"]] == ["fp32", "fp16"]
+    assert all(r["images_per_s"] > 0 and r["embed_dim"] == 768 for r in payload["clip"])
+    compiled = payload["compile"]
+    assert compiled["works"], compiled.get("error")
+    assert compiled["compiled_step_s"] > 0 and compiled["speedup"] > 0
