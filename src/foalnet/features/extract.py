@@ -315,6 +315,8 @@ def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: st
     try:
         for video in sorted(by_video):
             items = by_video[video]
+            if face is not None:
+                face.reset()  # a held box belongs to its own video
             embedder = SpanEmbedder(encoder, [it.region for it in items], batch_size, face)
             for item, result in _serve_video(items, embedder, fps):
                 if isinstance(result, str):
