@@ -50,7 +50,8 @@ def test_seeds_report_has_protocol_tables_intervals_speakers_and_curves(seeds_di
             f"{100 * ua['std']:.2f}</td>") in page
     lo, hi = ua["ci95"]
     assert f"[{100 * lo:.2f}, {100 * hi:.2f}]" in page
-    assert "best dev UA were kept" in page and "Seeds: 1, 2" in page
+    assert "the weights of the epoch with the best dev UA (trailing mean over 3 epochs) were " \
+           "kept" in page and "Seeds: 1, 2" in page
     assert "synthetic IEMOCAP-shaped corpus" in page
     # per fold of each seed: its test UA as in the fold's own summary
     fold = json.loads((seeds_dir / "seed2" / "fold2" / "summary.json").read_text())
@@ -58,7 +59,7 @@ def test_seeds_report_has_protocol_tables_intervals_speakers_and_curves(seeds_di
     # per speaker: IEMOCAP folds are sessions, two speakers each
     for speaker in ("Ses01F", "Ses01M", "Ses02F", "Ses02M"):
         assert f"<td>{speaker}</td>" in page
-    assert page.count('class="confusion"') == 2  # pooled, one per seed
+    assert page.count('class="confusion"') == 2 + 4  # pooled per seed, each seed's folds
     assert page.count("<img ") == 4  # 2 seeds x 2 folds
 
 

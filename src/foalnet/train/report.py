@@ -277,6 +277,11 @@ def cv_section(cv_dir: Path, summary: dict, name: str) -> str:
     parts.append('<div class="row">' + confusion_table(
         pooled["confusion"], labels, f"{name}: pooled over folds {folds} (UA {pct(pooled['ua'])} %)")
         + "</div>")
+    parts.append(f"<details><summary>{esc(name)}: confusion matrix of each fold</summary>"
+                 '<div class="row">' + "".join(
+                     confusion_table(fold_sums[f]["test"]["confusion"], labels,
+                                     f"fold {f} (UA {pct(fold_sums[f]['test']['ua'])} %)")
+                     for f in folds) + "</div></details>")
     parts.append(f"<h3>{esc(name)}: learning curves</h3><div class='grid'>" + "".join(
         image(curves_png(cv_dir / f"fold{f}", fold_sums[f]), f"fold {f}") for f in folds) + "</div>")
     return "".join(parts)
