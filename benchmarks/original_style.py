@@ -52,15 +52,16 @@ not change the work, the choice of terms does (see below). Not reproduced either
 distributed all-gathers (one process here), the class-weighted sampler and DataLoader workers,
 the learning-rate schedule (no cost in the step), the speaker/gender label arguments.
 
-Measured (this 2-core CPU, shared, 1 thread, 2-layer WavLM-Large-width encoder, batch 16,
-IEMOCAP-like lengths, CPU seconds per step, same batches, the two models alternated step by step
-in one process, a scratch transcription of their ``MultiTaskModel`` that was not kept): their
-model with ``loss = c_loss`` took 0.88-0.92x this module's step, with all three losses 0.99-1.07x;
-the forward passes cost the same (the frozen CNN on 6 s x 16 alone ~11 s, WavLM's 2 layers ~6.5 s,
-the four fusion passes ~6 s). So the factor of about 2 between this module's step and "the
-authors' real code" reported in issue 13 (32.1 s against 16.1 s at 1 thread) was not reproduced:
-under the same conditions their code costs what this module costs, up to the CE-only backward's
-~10 %. See benchmarks/README section in docs/benchmarks.md for the numbers and commands.
+Measured (this 2-core CPU, shared by other jobs: load average 2.5-11; 1 torch thread; 2-layer
+WavLM-Large-width encoder, batch 16, IEMOCAP-like lengths; CPU seconds per step; the same batches;
+a scratch transcription of their ``MultiTaskModel``, made for this measurement and not kept, and
+this module alternated step by step in one process): their model with ``loss = c_loss`` took
+0.81-0.93x this module's step (5 steps), with all three losses 0.90-1.20x; the forwards cost the
+same (19-26 s: the frozen CNN on 16 x 6 s alone ~11 s, WavLM's 2 layers ~6.5 s, the four fusion
+passes ~6 s), their CE-only backward 13-14 s against 18-21 s. So the factor of about 2 between
+this module's step and "the authors' real code" reported in issue 13 (32.1 s against 16.1 s at 1
+thread) was not reproduced: under the same conditions their code costs what this module costs, up
+to the CE-only backward. docs/benchmarks.md has the table and the commands.
 
 The parameter names mirror FoalNet's layout; :func:`foalnet_state_dict_to_original` is the
 explicit mapping and :meth:`OriginalStyleFoalNet.from_foalnet` copies a FoalNet's weights.
