@@ -27,6 +27,8 @@ What is measured, and how
   more), and ``THP_MEM_ALLOC_ENABLE`` removed from the workers' environment so that a value in the
   caller's shell does not change a row. Rows named ``original-keep`` in older logs were the
   original with foalnet's former allocator settings; they are still shown when present.
+  ``--with-original-ce`` adds ``original-ce``: the original backpropagating the classification
+  loss only, as the runnable version of the authors' ``train.py`` does (the same forward).
 * Step = forward with labels + ``loss.backward()`` + ``AdamW.step()`` + ``zero_grad`` (the
   engine's order; the outputs are dropped before the next batch, as the engine's are), batch 16
   (the original: torch's default AdamW, as the authors' script; foalnet: the fused AdamW its
@@ -93,6 +95,10 @@ IMPLS = ("original", "ours", "cached")
 # activation checkpointing of the audio encoder's transformer layers
 # (model.audio_gradient_checkpointing=true): less memory, more time
 EXTRA_IMPLS = ("cached-ckpt",)
+# optional row (--with-original-ce): the original backpropagating the classification loss only, as
+# the runnable version of the authors' train.py does (``loss = c_loss``; the forward is the same)
+ORIGINAL_CE = "original-ce"
+ALL_IMPLS = IMPLS + EXTRA_IMPLS + (ORIGINAL_CE,)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -301,7 +307,8 @@ def train_steps(model, impl: str, batches: list[Batch], cached: list | None = No
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(**inputs)  # the engine's order (train/loop.py): forward, backward, step, zero_grad,
-        loss = out.loss  # so the gradients and the outputs are gone before the next batch
+        # so the gradients and the outputs are gone before the next batch
+        loss = out.losses["ce"] if impl == ORIGINAL_CE else out.loss
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -429,7 +436,7 @@ def epoch_estimate(grids: dict[str, dict[float, float]], orig_step: float, n_ite
 # ------------------------------------------------------------------------------ report
 IMPL_NAMES = {"original": "original (authors' structure)",
               "original-keep": "original + foalnet's allocator settings", "ours": "foalnet, from the waveform",
-              "cached": "foalnet, audio cache (default)", "cached-ckpt": "foalnet, audio cache + checkpointing, default malloc"}
+              "cached": "foalnet, audio cache (default)", ORIGINAL_CE: "original, CE-only backward (their train.py)", "cached-ckpt": "foalnet, audio cache + checkpointing, default malloc"}
 
 
 def table(results: list[dict]) -> str:
@@ -442,7 +449,7 @@ def table(results: list[dict]) -> str:
         if o is None:
             continue
         ok = keyed.get(("original-keep", layers, lengths))
-        for impl in IMPLS + EXTRA_IMPLS:
+        for impl in ALL_IMPLS:
             r = keyed.get((impl, layers, lengths))
             if r is None:
                 continue
@@ -494,6 +501,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="warm-up steps before measuring (the allocator reaches its steady state in 2)")
     p.add_argument("--grid", type=float, nargs="+", default=None,
                    help="padded lengths (s) for the epoch estimate besides 6 s (default 1.5 3; --full: 1 2 3 4.5)")
+    p.add_argument("--with-original-ce", action="store_true",
+                   help="also the original backpropagating the classification loss only (the authors' runnable train.py)")
     p.add_argument("--with-checkpointing", action="store_true",
                    help="also the audio cache + activation checkpointing of the audio encoder")
     p.add_argument("--batch-size", type=int, default=16)
@@ -504,13 +513,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json",
                    help="summary JSON; every measurement is also appended to OUT with suffix .jsonl")
     p.add_argument("--fresh", action="store_true", help="ignore measurements already in the .jsonl")
-    p.add_argument("--remeasure", nargs="+", choices=IMPLS + EXTRA_IMPLS, default=[],
+    p.add_argument("--remeasure", nargs="+", choices=ALL_IMPLS, default=[],
                    help="measure these implementations again, reuse the others from the .jsonl "
                         "(after a change to foalnet's code; the original does not import it)")
     p.add_argument("--workdir", type=Path, default=None, help="where to build the random checkpoints (temp)")
     # worker-only options
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", choices=IMPLS + EXTRA_IMPLS, help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=ALL_IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--lengths", choices=("mix", "full"), default="mix", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -604,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
             for lengths in (args.inputs_large if large else args.inputs):
                 impls = tuple(args.impls_large) if large else IMPLS
                 runs = args.repeats if lengths == "mix" and not large else 1
-                for impl in impls + (EXTRA_IMPLS if args.with_checkpointing else ()):
+                extra = (EXTRA_IMPLS if args.with_checkpointing else ()) + ((ORIGINAL_CE,) if args.with_original_ce else ())
+                for impl in impls + extra:
                     session.measure(model_dir, impl, n_layers, lengths, steps, runs=runs)
             if args.no_epoch or large:
                 continue
