@@ -46,16 +46,15 @@ def learning_curves_png(history: list[dict], selected_epoch: int | None, select_
     fig = Figure(figsize=(6.4, 2.6))
     FigureCanvasAgg(fig)
     loss_ax, ua_ax = fig.subplots(1, 2)
-    # dev loss is cross-entropy only; train CE beside it compares like with like, and the
-    # total training loss (CE + AVEL + 0.1 MEM) is drawn thin
+    # dev loss is cross-entropy only, so train CE is drawn beside it (like with like); the total
+    # training loss (CE + AVEL + 0.1 MEM) would set the axis and flatten both (AVEL ~ 11 here)
     marker = "." if len(history) < 40 else None
-    for key, label, style, colour in (
-            ("train_ce", "train CE", "-", "tab:blue"), ("train_loss", "train total", ":", "tab:gray"),
-            (f"{select_name}_loss", f"{select_name} CE", "-", "tab:orange")):
+    train_key = "train_ce" if _values(history, "train_ce")[0] else "train_loss"
+    for key, label, colour in ((train_key, "train CE", "tab:blue"),
+                               (f"{select_name}_loss", f"{select_name} CE", "tab:orange")):
         xs, ys = _values(history, key)
         if xs:
-            loss_ax.plot(xs, ys, style, color=colour, marker=marker if style == "-" else None,
-                         label=label)
+            loss_ax.plot(xs, ys, color=colour, marker=marker, label=label)
     xs, ys = _values(history, f"{select_name}_ua")
     if xs:
         ua_ax.plot(xs, [100 * y for y in ys], marker=marker,

@@ -54,13 +54,15 @@ def folder_kind(folder: Path) -> str:
 
 
 def run_config(run_dir: Path) -> dict:
-    """The resolved config.yaml of one run as a plain dict ({} when absent)."""
+    """The config.yaml of one run as saved ({} when absent), read raw: loading it through
+    ExperimentConfig would fill fields the run's version did not have with today's defaults,
+    and the report would then describe a protocol the run never used."""
+    import yaml
+
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return {}
-    from foalnet.config import ExperimentConfig
-
-    return ExperimentConfig.load_yaml(path).to_dict()
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def speakers_of(data_dir: str | None) -> dict[str, str]:
@@ -191,7 +193,7 @@ def protocol_words(cfg: dict, summary: dict, seeds: list[int] | None = None) -> 
         speakers = ("held-out speakers of the training folds (as many as the dev split needs: "
                     "data.dev_speakers = auto)" if count == "auto"
                     else f"{count} held-out speaker(s) of the training folds")
-        window = int(train.get("select_window") or 1)
+        window = int(train.get("select_window") or 1)  # absent: a run from before issue 15
         smoothed = f" (trailing mean over {window} epochs)" if window > 1 else ""
         selection = (f"Each model was trained for {train.get('epochs')} epochs. After every epoch "
                      f"it was scored on a dev split of {speakers}, and the weights of the epoch "
@@ -266,17 +268,18 @@ def cv_section(cv_dir: Path, summary: dict, name: str) -> str:
     speakers = speakers_of(summary.get("data_dir"))
     if speakers:
         sp = speaker_rows([(str(f), cv_dir / f"fold{f}") for f in folds], labels, speakers)
-        parts += [f"<h3>{esc(name)}: per test speaker</h3>",
-                  table(["fold", "speaker", "n", "UA %", "WA %"],
-                        [[r["fold"], esc(r["speaker"]), str(r["n"]), pct(r["ua"]), pct(r["wa"])]
-                         for r in sp], "num")]
+        by_speaker = ("<div><h3>per test speaker</h3>" + table(
+            ["fold", "speaker", "n", "UA %", "WA %"],
+            [[r["fold"], esc(r["speaker"]), str(r["n"]), pct(r["ua"]), pct(r["wa"])] for r in sp],
+            "num") + "</div>")
     else:
-        parts.append('<p class="note">Per-speaker rows: the manifest of the data folder could not '
-                     "be read.</p>")
+        by_speaker = ('<p class="note">Per-speaker rows: the manifest of the data folder could '
+                      "not be read.</p>")
     pooled = summary["pooled"]
-    parts.append('<div class="row">' + confusion_table(
-        pooled["confusion"], labels, f"{name}: pooled over folds {folds} (UA {pct(pooled['ua'])} %)")
-        + "</div>")
+    parts.append('<div class="row">' + by_speaker + "<div><h3>confusion matrix</h3>"
+                 + confusion_table(pooled["confusion"], labels,
+                                   f"{name}: pooled over folds {folds} (UA {pct(pooled['ua'])} %)")
+                 + "</div></div>")
     parts.append(f"<details><summary>{esc(name)}: confusion matrix of each fold</summary>"
                  '<div class="row">' + "".join(
                      confusion_table(fold_sums[f]["test"]["confusion"], labels,
@@ -317,13 +320,14 @@ def ablation_table(results: dict[str, dict]) -> str:
     rows = []
     for row, s in results.items():
         vs = s.get("vs_full")
-        diff = ("—" if not vs else f"{100 * vs['ua_diff']:+.2f} "
-                f"[{100 * vs['interval'][0]:+.2f}, {100 * vs['interval'][1]:+.2f}]")
-        ours = [f"{mean_std(s[k])} {ci(s[k].get('ci95'))}" for k in ("ua", "wa")]
+        diff = ("—" if not vs else f"{100 * vs['ua_diff']:+.2f}<br><small>"
+                f"[{100 * vs['interval'][0]:+.2f}, {100 * vs['interval'][1]:+.2f}]</small>")
+        ours = [f"{mean_std(s[k])}<br><small>{ci(s[k].get('ci95'))}</small>" for k in ("ua", "wa")]
         theirs = [f"{v:.2f}" for v in ROWS[row][3:5]] if row in ROWS else ["—", "—"]
         rows.append([esc(row), *ours, diff, *[f'<span class="paper">{t}</span>' for t in theirs]])
-    head = ["row", "UA % (ours) [95 % CI]", "WA % (ours) [95 % CI]", "UA − full, pp [95 % CI]",
-            f"UA % ({esc(paper)})", f"WA % ({esc(paper)})"]
+    head = ["row", "UA % (ours)<br><small>[95 % CI]</small>", "WA % (ours)<br><small>[95 % CI]</small>",
+            "UA − full, pp<br><small>[95 % CI]</small>", f"UA % ({esc(paper)})",
+            f"WA % ({esc(paper)})"]
     note = (f'<p class="warning">{esc(warning.replace("**", ""))}</p>' if warning else "")
     return note + table(head, rows, "num ablation")
 
@@ -340,6 +344,7 @@ margin-top:28px}h3{font-size:15px;margin:18px 0 6px}
 .warning{background:#fff3cd;border:1px solid #e0b84c;padding:8px 12px;border-radius:4px}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 th,td{border:1px solid #d0d0d0;padding:4px 8px;text-align:left;vertical-align:middle}
+table.num td{white-space:nowrap}small{color:#555}td.cm small{color:inherit;opacity:.85}
 thead th{background:#f2f4f7}table.num td{text-align:right}table.num td:first-child{text-align:left}
 tbody tr:last-child td{border-bottom:2px solid #bbb}
 .paper{color:#7a4b00}td.cm{text-align:center;min-width:44px}td.n{color:#666;text-align:right}
@@ -380,11 +385,12 @@ def render(folder: Path) -> str:
                    "seeds": lambda: seeds_section(folder, summary, folder.name)}[kind]()
         body = ["<h2>Results</h2>", section]
     protocol = protocol_words(cfg, summary, summary.get("seeds"))
+    git = (cfg.get("_run") or {}).get("git") or "unknown"
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}: '
             f"{esc(folder.name)}</title><style>{STYLE}</style></head><body>"
             f"<h1>{esc(title)}</h1><p class='meta'>{esc(folder.resolve())} · report generated "
-            f"{stamp} · foalnet {esc(_version())}</p><h2>Protocol</h2>{protocol}"
+            f"{stamp} · foalnet {esc(_version())} · runs trained at git {esc(git)}</p><h2>Protocol</h2>{protocol}"
             + "".join(body) + "</body></html>\n")
 
 
