@@ -257,8 +257,9 @@ def cv_section(cv_dir: Path, summary: dict, name: str) -> str:
     rows = []
     for i, fold in enumerate(folds):
         s = fold_sums[fold]
+        epoch = s.get("selected_epoch")  # none for the SVM baseline: it has no epochs
         rows.append([str(fold), str(s["test"]["n"]), *[pct(summary[k]["per_fold"][i]) for k, _ in METRIC_NAMES],
-                     esc(s.get("selected_epoch")), esc(_dev_speakers(s.get("protocol", "")))])
+                     "—" if epoch is None else esc(epoch), esc(_dev_speakers(s.get("protocol", "")))])
     rows.append(["<b>mean ± std</b>", str(summary["pooled"]["n"]),
                  *[mean_std(summary[k]) for k, _ in METRIC_NAMES], "", ""])
     rows.append(["<b>95 % CI of the mean</b>", "", ci(summary["ua"].get("ci95")),
@@ -372,7 +373,7 @@ def render(folder: Path) -> str:
                 "Paper: IEMOCAP, WavLM-Large + CLIP ViT-L/14, best epoch selected on the test "
                 "session (Li et al., Interspeech 2024, Table 2).</p>"]
         for row, s in results.items():
-            section = (seeds_section if s.get("seeds") else cv_section)(folder / row, s, row)
+            section = row_section(folder / row, s, row)
             body.append(f"<details{' open' if row == first_row else ''}><summary>row {esc(row)}"
                         f"</summary>{section}</details>")
     else:
@@ -392,6 +393,15 @@ def render(folder: Path) -> str:
             f"<h1>{esc(title)}</h1><p class='meta'>{esc(folder.resolve())} · report generated "
             f"{stamp} · foalnet {esc(_version())} · runs trained at git {esc(git)}</p><h2>Protocol</h2>{protocol}"
             + "".join(body) + "</body></html>\n")
+
+
+def row_section(row_dir: Path, summary: dict, row: str) -> str:
+    """One ablation row's details; a row whose folder lost its per-fold files is named, and the
+    rest of the report still renders (the results table above comes from ablation.json)."""
+    try:
+        return (seeds_section if summary.get("seeds") else cv_section)(row_dir, summary, row)
+    except (OSError, KeyError, ValueError) as err:
+        return f'<p class="warning">row {esc(row)}: per-fold outputs unreadable in {esc(row_dir)} ({esc(err)}).</p>'
 
 
 def _first_run(folder: Path, summary: dict) -> Path:
