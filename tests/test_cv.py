@@ -349,3 +349,6 @@ def test_ablate_seeds_writes_rows_per_seed(audio_data, tmp_path, capsys):
     table = (out / "ablation.md").read_text()
     assert "seeds 1, 2" in table and "mean ± std over seeds of the CV means" in table
     assert f"| audio_only | {100 * row['ua']['mean']:.2f} ± {100 * row['ua']['std']:.2f} [" in table
+    assert main(["report", str(out)]) == 0  # an ablation over seeds: a seeds section per row
+    page = (out / "report.html").read_text()
+    assert "audio_only: per seed" in page and page.count("<img ") == 2  # 2 seeds x 1 fold
