@@ -1,5 +1,5 @@
 """`foalnet cv` / `ablate` / `train --resume`: no results of other settings reused, options that
-do not apply refused, a rejected file counted once however many folds read it (issue 14)."""
+do not apply refused, a rejected file counted once however many folds read it."""
 from __future__ import annotations
 
 import json
@@ -159,7 +159,7 @@ def test_ablation_row_gets_its_paired_ua_difference_to_the_full_model(tmp_path):
     assert "| audio_only | 50.00 ± 0.00 [40.00, 60.00] | 50.00 ± 0.00 | -50.00 [-50.00, -50.00] |" in table
 
 
-# ----------------------------------------------------------------------------- seeds (issue 14 item 1)
+# ----------------------------------------------------------------------------- seeds
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""FoalNet's optimised paths compute the same function as a straightforward reading of SPEC §1.
+"""FoalNet's optimised paths compute the same function as a straightforward reading of spec §1.
 
 The reference is benchmarks/original_style.py (imported by path): fixed 6 s / 180-frame padding
 (here scaled down), hand-written attention with a -10000 fill, fusion stacks run three times,

@@ -1,4 +1,4 @@
-"""IEMOCAP parser: ids, label files, sub-folders, side rule, exc merge, counts (SPEC §4)."""
+"""IEMOCAP parser: ids, label files, sub-folders, side rule, exc merge, counts (spec §4)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""AVEL / MEM / pooling helpers pinned on hand-computed examples (SPEC §1.4, §1.6, §3)."""
+"""AVEL / MEM / pooling helpers pinned on hand-computed examples (spec §1.4, §1.6, §3)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""UA / WA / macro-F1 / confusion pinned on hand-computed examples (SPEC §5)."""
+"""UA / WA / macro-F1 / confusion pinned on hand-computed examples (spec §5)."""
 from __future__ import annotations
 
 import math
@@ -25,7 +25,7 @@ def test_metrics_hand_computed():
 
 
 def test_ua_differs_from_wa_on_imbalanced_labels():
-    # 8 items of class 0 all right, 2 of class 1 all wrong: WA 0.8, UA 0.5 (SPEC §3: never swap them)
+    # 8 items of class 0 all right, 2 of class 1 all wrong: WA 0.8, UA 0.5 (spec §3: never swap them)
     m = classification_metrics([0] * 8 + [1] * 2, [0] * 10, 2)
     assert m["wa"] == pytest.approx(0.8)
     assert m["ua"] == pytest.approx(0.5)

@@ -7,7 +7,7 @@ width (1024, 16 heads, 4096 feed-forward, 128-tap positional conv in 16 groups) 
 CLIP ViT-L/14's video width (768) and the paper's fusion; random weights. The frozen 7-layer CNN
 keeps its kernels and strides but has 64 channels instead of 512: CPU float16 convolutions run
 torch's slow reference kernel, and the CNN trains nothing. Batches hold an item
-with no audio frame and one with no video frame (SPEC §3), whose attention rows have only padded
+with no audio frame and one with no video frame (spec §3), whose attention rows have only padded
 keys: the case that used to give NaN under float16.
 """
 from __future__ import annotations

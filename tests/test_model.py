@@ -1,5 +1,5 @@
 """FoalNet behaviour: calling convention, padding invariance, edge cases, gradients, ablations,
-save/load (SPEC §1, §3; issue 2). Tiny encoders only: a frame encoder and a small WavLM."""
+save/load (spec §1, §3). Tiny encoders only: a frame encoder and a small WavLM."""
 from __future__ import annotations
 
 import json
@@ -212,7 +212,7 @@ def test_hf_frame_mask_matches_transformers_and_empty_inputs_get_no_frame():
     ours = encoder.frame_mask(wav_mask, L)
     theirs = encoder.model._get_feature_vector_attention_mask(L, wav_mask.long())
     assert torch.equal(ours[:3], theirs[:3]) and ours.sum(1).tolist() == [L, 15, 1, 0, 0]
-    assert theirs[4].any()  # transformers' index trick marks frames valid for an empty input (SPEC §3)
+    assert theirs[4].any()  # transformers' index trick marks frames valid for an empty input (spec §3)
     with torch.no_grad():  # shorter than one frame in total: padded internally, still no valid frame
         hidden, mask = encoder(torch.zeros(2, 100), torch.zeros(2, 100, dtype=torch.bool))
     assert hidden.shape[0] == 2 and not mask.any() and torch.isfinite(hidden).all()

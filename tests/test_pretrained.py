@@ -55,4 +55,4 @@ def test_real_clip_gives_projected_embeddings():
     assert embeds.shape == (3, encoder.dim)
     assert np.isfinite(embeds).all()
     if "large-patch14" in CLIP:
-        assert encoder.dim == 768  # SPEC §1.2
+        assert encoder.dim == 768  # spec §1.2

@@ -1,6 +1,6 @@
 """import-reference: a state dict with the original MultiTaskModel's key layout (built here) loads
 with no missing/unexpected keys, and the imported model's eval logits, AVEL and MEM equal a
-straightforward computation of SPEC §1 on the same tensors (hand-written attention with -10000)."""
+straightforward computation of spec §1 on the same tensors (hand-written attention with -10000)."""
 from __future__ import annotations
 
 import math
@@ -60,7 +60,7 @@ def make_batch():
     return wav, wav_mask, vid, vid_mask, torch.tensor([0, 1, 0, 2])
 
 
-# ------------------------------------------------------- straightforward SPEC §1 computation
+# ------------------------------------------------------- straightforward spec §1 computation
 def ref_layer(sd, prefix, q_in, kv, kv_mask):
     lin = lambda x, name: x @ sd[f"{prefix}.{name}.weight"].T + sd[f"{prefix}.{name}.bias"]  # noqa: E731
     q, k, v = lin(q_in, "w_q"), lin(kv, "w_k"), lin(kv, "w_v")

@@ -1,5 +1,5 @@
 """`foalnet report DIR`: one self-contained HTML file for a run, CV, seeds or ablation folder
-(issue 14 item 4), and a real headless browser renders it (skipped without chromium)."""
+and a real headless browser renders it (skipped without chromium)."""
 from __future__ import annotations
 
 import base64
@@ -89,7 +89,7 @@ def test_ablation_report_puts_our_rows_beside_the_papers_marked_as_another_corpu
     _self_contained(page)
     assert "Different corpus: our rows are on the synthetic IEMOCAP-shaped corpus" in page
     assert "UA % (paper, IEMOCAP: OTHER CORPUS)" in page
-    assert '<span class="paper">77.68</span>' in page  # the paper's audio-only UA (SPEC §6)
+    assert '<span class="paper">77.68</span>' in page  # the paper's audio-only UA (spec §6)
 
 
 def test_report_of_a_folder_without_results_is_a_usage_error(tmp_path, caplog):

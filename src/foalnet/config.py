@@ -6,7 +6,7 @@
 user must give are ``MISSING`` (never a home-directory default); ``check_complete()`` refuses to
 run with one left unset.
 
-Presets: ``paper`` is SPEC §2 exactly; ``tiny`` is the offline CPU setting of the demo.
+Presets: ``paper`` is spec §2 exactly; ``tiny`` is the offline CPU setting of the demo.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe (SPEC §2 in the paper preset)."""
+    """Optimisation recipe (spec §2 in the paper preset)."""
 
     lr: float = 1e-4  # AdamW learning rate
     weight_decay: float = 0.01  # AdamW decoupled weight decay (torch default)
@@ -193,7 +193,7 @@ class ExperimentConfig:
 
 
 def preset(name: str) -> ExperimentConfig:
-    """The named experiment preset: ``paper`` (SPEC §2) or ``tiny`` (offline CPU demo)."""
+    """The named experiment preset: ``paper`` (spec §2) or ``tiny`` (offline CPU demo)."""
     model_cls = _model_config_cls()
     if name == "paper":
         return ExperimentConfig(model=model_cls.paper(), data=DataConfig(), train=TrainConfig())

@@ -231,7 +231,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000, start: float | None =
 def load_record_audio(record: dict, sample_rate: int, max_seconds: float) -> np.ndarray:
     """The first ``max_seconds`` of a manifest record's audio (its span, if any), float32 [S].
 
-    The one definition of "the model's audio input" (SPEC §1.1: first 6 s), shared by training
+    The one definition of "the model's audio input" (spec §1.1: first 6 s), shared by training
     and the audio front-end cache so the two can never disagree."""
     wav = load_audio(record["wav"], sample_rate=sample_rate,
                      start=record.get("audio_start"), end=record.get("audio_end"))

@@ -1,4 +1,4 @@
-"""IEMOCAP_full_release -> plain utterance records (SPEC §4).
+"""IEMOCAP_full_release -> plain utterance records (spec §4).
 
 Parsing only: the class set, exc->hap merge and folds are applied by ``build`` through
 ``foalnet.data.protocol``. Layout read here::
@@ -33,7 +33,7 @@ SUMMARY_RE = re.compile(
 UTT_ID_RE = re.compile(r"^Ses0(?P<session>[1-5])(?P<marker>[FM])_(?P<rest>.+)_(?P<gender>[FM])\d+$")
 
 # Number of labelled utterances in the full release: when a root has exactly this many, it is
-# the real corpus and the 4-class counts below must be reproduced exactly (SPEC §4).
+# the real corpus and the 4-class counts below must be reproduced exactly (spec §4).
 FULL_RELEASE_UTTERANCES = 10039
 EXPECTED_COUNTS = {
     "4": {"labels": {"neu": 1708, "hap": 1636, "sad": 1084, "ang": 1103},
@@ -63,7 +63,7 @@ class Utterance:
 def parse_utterance_id(utt_id: str) -> dict:
     """Session, dialog, speaker, gender and side from an id such as Ses01F_script01_1_M003.
 
-    Side rule (SPEC §4): the marker wearer (id[5]) sits on the left, so the speaker is on the
+    Side rule (spec §4): the marker wearer (id[5]) sits on the left, so the speaker is on the
     left iff the speaker's gender (first letter of the last field) equals id[5].
     """
     m = UTT_ID_RE.match(utt_id)
@@ -139,7 +139,7 @@ def parse_release(root: str | Path) -> tuple[list[Utterance], list[Rejection]]:
 
 def check_expected_counts(labelled: list[tuple[Utterance, str]], classes: str,
                           n_parsed: int) -> None:
-    """On the real corpus (10039 labelled utterances) the 4-class counts must match SPEC §4."""
+    """On the real corpus (10039 labelled utterances) the 4-class counts must match spec §4."""
     if n_parsed != FULL_RELEASE_UTTERANCES:
         return
     want = EXPECTED_COUNTS[classes]

@@ -4,7 +4,7 @@
 * folds: IEMOCAP leave-one-session-out (fold = session); corpora without sessions get K
   speaker-disjoint folds balanced by utterance count;
 * ``split_fold``: test = one fold; dev = whole speakers drawn from the training folds only, so
-  model selection never sees the test session (SPEC §3) and dev is speaker-disjoint from train;
+  model selection never sees the test session (spec §3) and dev is speaker-disjoint from train;
 * other corpora (CREMA-D, RAVDESS, MSP-IMPROV, MELD): class set "all" (the corpus's own
   emotions) or "4" (neu/hap/sad/ang only, the rest dropped, never merged), logit order
   ``corpus_labels``; records carrying an official ``partition`` (MELD train/dev/test) have one

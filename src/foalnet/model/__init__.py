@@ -1,4 +1,4 @@
-"""foalnet.model: the Foal-Net network (SPEC §1), its losses, audio encoders and weight import."""
+"""foalnet.model: the Foal-Net network (spec §1), its losses, audio encoders and weight import."""
 from __future__ import annotations
 
 __all__ = ["FoalNet", "FoalNetConfig", "FoalNetOutput"]

@@ -77,7 +77,7 @@ class HFAudioEncoder(nn.Module):
     The frame mask is derived from the waveform mask with the model's own
     ``_get_feat_extract_output_lengths`` (as transformers does), except that an input too short
     for one frame (including length 0) gets an all-False mask: transformers' index trick marks
-    frames valid in that case (SPEC §3). Such rows are fed to the encoder as a full-length zero
+    frames valid in that case (spec §3). Such rows are fed to the encoder as a full-length zero
     signal so that nothing inside it sees an empty attention row; their outputs are masked out.
     """
 

@@ -1,4 +1,4 @@
-"""Gathering a batch from all data-parallel ranks for AVEL and MEM (SPEC §1.4, §1.6).
+"""Gathering a batch from all data-parallel ranks for AVEL and MEM (spec §1.4, §1.6).
 
 Other ranks' entries carry no gradient (as in the original); this rank's slice is the local tensor
 itself, so its gradient is kept (and a single process gets exactly the local computation back).

@@ -1,9 +1,9 @@
-"""Foal-Net (SPEC §1): audio encoder + cached video embeddings, AVEL alignment, a2v / v2a
+"""Foal-Net (spec §1): audio encoder + cached video embeddings, AVEL alignment, a2v / v2a
 cross-attention fusion, MEM label matching with hard negatives, linear classifier.
 
 Read top to bottom: config -> blocks -> encoders -> fusion -> heads -> the model -> save/load.
 
-Calling convention (issue 2 item 3)::
+Calling convention::
 
     out = model(waveform=[B,S] float, waveform_mask=[B,S] bool, video=[B,T,D] float,
                 video_mask=[B,T] bool, labels=[B] long | None)
@@ -50,14 +50,14 @@ class FoalNetConfig:
 
     labels: list[str] = field(default_factory=lambda: ["neu", "hap", "sad", "ang"])  # logit order
     modality: str = "av"  # "av" (Foal-Net), "audio" or "video" (single-modality ablations)
-    use_avel: bool = True  # audio-video emotion alignment loss (SPEC §1.4)
-    use_mem: bool = True  # cross-modal emotion label matching with hard negatives (SPEC §1.6)
+    use_avel: bool = True  # audio-video emotion alignment loss (spec §1.4)
+    use_mem: bool = True  # cross-modal emotion label matching with hard negatives (spec §1.6)
     ce_weight: float = 1.0  # weight of the classification cross-entropy
     avel_weight: float = 1.0  # weight of L_avel
     mem_weight: float = 0.1  # weight of L_mem
     audio_encoder: str = "microsoft/wavlm-large"  # registry name ("offline", "tiny-wavlm"), hub id or folder
     audio_options: dict[str, Any] = field(default_factory=dict)  # registry options / HF config overrides
-    freeze_feature_encoder: bool = True  # CNN feature encoder frozen (SPEC §1.1)
+    freeze_feature_encoder: bool = True  # CNN feature encoder frozen (spec §1.1)
     audio_gradient_checkpointing: bool = False  # activation checkpointing inside a transformers encoder
     audio_packed_encoder: bool = True  # WavLM layers on valid frames only (same function, less work)
     sample_rate: int = 16000  # Hz expected by the audio encoder
@@ -73,7 +73,7 @@ class FoalNetConfig:
     fusion_heads: int = 4  # attention heads (must divide both modality widths)
     fusion_dropout: float = 0.1  # dropout after each cross-attention output map
     feature_dropout: float = 0.0  # dropout on encoder outputs and classifier input (original: final_dropout)
-    tau_init: float = math.log(1 / 0.07)  # initial AVEL temperature (a divisor, SPEC §1.4)
+    tau_init: float = math.log(1 / 0.07)  # initial AVEL temperature (a divisor, spec §1.4)
     learn_tau: bool = True  # train the temperature
     init_std: float = 0.02  # std of the normal init of new Linear layers
 
@@ -112,7 +112,7 @@ class FoalNetConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "FoalNetConfig":
-        """SPEC §1: WavLM-Large, CLIP ViT-L/14 projected image embeddings (768), full Foal-Net."""
+        """spec §1: WavLM-Large, CLIP ViT-L/14 projected image embeddings (768), full Foal-Net."""
         base = dict(audio_encoder="microsoft/wavlm-large", visual_encoder="openai/clip-vit-large-patch14",
                     video_dim=768)
         return cls(**{**base, **overrides})
@@ -369,7 +369,7 @@ class FoalNet(nn.Module):
 
     # ---- encoders
     def _model_waveform(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padding zeroed (SPEC §1.3), then the optional amplitude normalisation (§1.1)."""
+        """Padding zeroed (spec §1.3), then the optional amplitude normalisation (§1.1)."""
         waveform_mask = waveform_mask.bool()
         waveform = zero_padding(waveform, waveform_mask)
         if self.config.normalize_audio:

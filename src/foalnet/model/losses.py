@@ -1,4 +1,4 @@
-"""Loss helpers of Foal-Net: masked pooling, AVEL (SPEC §1.4), hard negatives and MEM (§1.6).
+"""Loss helpers of Foal-Net: masked pooling, AVEL (spec §1.4), hard negatives and MEM (§1.6).
 
 Kept free of module state so that they can be pinned on hand-computed examples.
 """
@@ -86,7 +86,7 @@ def mem_loss(
 
     logits_* [2B,2]: rows 0..B-1 are the true pairs (target 1), rows B..2B-1 the drawn negatives
     (target 0). valid_* [B] bool says which drawn pairs really have different labels; the others
-    are left out of the mean (SPEC §3: no "not matching" target for a same-emotion pair).
+    are left out of the mean (spec §3: no "not matching" target for a same-emotion pair).
     """
     B = valid_a2v.shape[0]
     device = logits_a2v.device

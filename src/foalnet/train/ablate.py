@@ -2,7 +2,7 @@
 
 Each row is a full ``run_cv`` into ``DIR/<row>/`` (completed folds are reused, so an interrupted
 ablation resumes). ``ablation.json`` = ``{row: cv summary}``; ``ablation.md`` puts our UA/WA
-(mean ± std over folds) beside the paper's (SPEC §6) and states the protocol used. The paper's
+(mean ± std over folds) beside the paper's (spec §6) and states the protocol used. The paper's
 columns are IEMOCAP numbers: when our corpus is another (a CSV corpus, the synthetic demo corpus)
 the table says so in its header and a note (``corpus_of``), not only in a footnote.
 With ``seeds`` each row is ``run_seeds`` into ``DIR/<row>/seed<S>/`` (std over seeds).
@@ -22,7 +22,7 @@ from foalnet.train.loop import tagged
 from foalnet.train.metrics import BOOTSTRAP_METHOD, paired_bootstrap_ua
 from foalnet.train.svm import SVM_ROW, run_svm_cv
 
-# row name -> (modality, use_avel, use_mem, paper UA %, paper WA %)  (SPEC §6)
+# row name -> (modality, use_avel, use_mem, paper UA %, paper WA %)  (spec §6)
 ROWS: dict[str, tuple[str, bool, bool, float, float]] = {
     "audio_only": ("audio", False, False, 77.68, 77.25),
     "video_only": ("video", False, False, 47.90, 46.61),

@@ -79,7 +79,7 @@ def _add_common(parser: argparse.ArgumentParser, data_required: bool = True) -> 
     else:
         parser.add_argument("data_dir", metavar="DATA_DIR", nargs="?", help="prepared data folder")
     parser.add_argument("--preset", default=None, choices=("paper", "tiny"),
-                        help="experiment preset (default: paper = SPEC §2)")
+                        help="experiment preset (default: paper = spec §2)")
     parser.add_argument("--config", metavar="FILE.yaml", help="start from this experiment YAML instead")
     parser.add_argument("--modality", choices=("av", "audio", "video"), help="single-modality rows")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -9,7 +9,7 @@
 - ``collate`` pads to the LONGEST item of the batch (not to a fixed 6 s) and builds the masks.
   Training batches drop failed items; evaluation batches keep them as all-masked placeholder rows
   (``valid`` = False) so every process has the same batch size for ``gather_for_metrics``.
-- ``BalancedSampler``: SPEC §2 class-balanced draws with replacement (weight 1/count(class), as
+- ``BalancedSampler``: spec §2 class-balanced draws with replacement (weight 1/count(class), as
   many draws as items), deterministic in (seed, epoch); optionally length-grouped, which only
   reorders the same draws, so the class balance is unchanged.
 """
@@ -196,7 +196,7 @@ class Collator:
 
 
 class BalancedSampler(Sampler[int]):
-    """Class-balanced draws with replacement (SPEC §2), deterministic in (seed, epoch).
+    """Class-balanced draws with replacement (spec §2), deterministic in (seed, epoch).
 
     ``len(self)`` draws per epoch, item i drawn with probability proportional to 1/count(label_i).
     With ``lengths`` the draws of each window of ``group_batches`` batches are sorted by length,

@@ -1,4 +1,4 @@
-"""UA / WA / macro-F1 / confusion (SPEC §5) with scikit-learn, and the confusion-matrix plot.
+"""UA / WA / macro-F1 / confusion (spec §5) with scikit-learn, and the confusion-matrix plot.
 
 UA = mean per-class recall over the classes PRESENT in the reference labels (a class with no
 test item has no recall; counting it as 0 or NaN would both be wrong), WA = overall accuracy,

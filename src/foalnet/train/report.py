@@ -193,7 +193,7 @@ def protocol_words(cfg: dict, summary: dict, seeds: list[int] | None = None) -> 
         speakers = ("held-out speakers of the training folds (as many as the dev split needs: "
                     "data.dev_speakers = auto)" if count == "auto"
                     else f"{count} held-out speaker(s) of the training folds")
-        window = int(train.get("select_window") or 1)  # absent: a run from before issue 15
+        window = int(train.get("select_window") or 1)  # absent: a run made before selection windows existed
         smoothed = f" (trailing mean over {window} epochs)" if window > 1 else ""
         selection = (f"Each model was trained for {train.get('epochs')} epochs. After every epoch "
                      f"it was scored on a dev split of {speakers}, and the weights of the epoch "
