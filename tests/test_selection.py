@@ -47,16 +47,20 @@ def test_stability_of_a_coin_flip_dev_split_by_hand():
     raw = [0.25, 0.75, 0.5, 0.75, 0.5]
     one = selection_stability(raw, window=1, dev_items=8, metric="ua")
     assert one["selected_epoch"] == 2 and one["score"] == 0.75  # first of the tied epochs
-    assert one["noise"] == pytest.approx(math.sqrt(0.75 * 0.25 / 8))  # 0.153
+    assert one["noise"] == pytest.approx(math.sqrt(0.7 * 0.3 / 8))  # p = (6 + 1) / (8 + 2): 0.162
     assert one["near_best_epochs"] == [2, 4] and one["near_best_share"] == 0.4
     assert one["epoch_to_epoch_change"] == 0.25
     three = selection_stability(raw, window=3, dev_items=8, metric="ua")
-    # trailing means 0.25, 0.5, 0.5, 0.667, 0.583: epoch 4; within 0.167 of it: epochs 2-5
+    # trailing means 0.25, 0.5, 0.5, 0.667, 0.583: epoch 4; within 0.170 of it: epochs 2-5
     assert three["selected_epoch"] == 4 and three["score"] == pytest.approx(2 / 3)
     assert three["near_best_epochs"] == [2, 3, 4, 5] and three["near_best_span"] == [2, 5]
     loss = selection_stability([-1.0, -0.8, -0.9, -0.7], window=1, dev_items=8, metric="loss")
-    assert loss["selected_epoch"] == 4 and loss["noise"] == pytest.approx(0.2 / math.sqrt(2))  # changes 0.2, 0.1, 0.2
+    assert loss["selected_epoch"] == 4  # changes 0.2, 0.1, 0.2: median 0.2
+    assert loss["noise"] == pytest.approx(0.2 / math.sqrt(2))
     assert selection_stability([None, None], 3, 8, "ua") is None
+    perfect = selection_stability([1.0, 0.9], window=1, dev_items=8, metric="ua")
+    assert perfect["noise"] == pytest.approx(math.sqrt(0.9 * 0.1 / 8))  # not 0: 8 clips
+    assert perfect["near_best_epochs"] == [1, 2]
 
 
 def test_a_run_reports_its_selection_and_the_smoothed_scores(prepared_dir, tmp_path):

@@ -44,7 +44,8 @@ def test_svm_writes_the_outputs_of_cv_and_its_numbers_come_from_its_predictions(
     for i, fold in enumerate(folds):
         rows = _predictions(out / f"fold{fold}" / "predictions.csv")
         # every test item of the fold, once, and nothing else
-        assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in records if r["fold"] == fold)
+        in_fold = [r["id"] for r in records if r["fold"] == fold]
+        assert sorted(r["id"] for r in rows) == sorted(in_fold)
         for row in rows:  # the prediction is the argmax of the written scores
             scores = [float(row[f"p_{name}"]) for name in labels]
             assert row["prediction"] == labels[int(np.argmax(scores))]
@@ -59,7 +60,8 @@ def test_svm_writes_the_outputs_of_cv_and_its_numbers_come_from_its_predictions(
     assert lo <= summary["ua"]["mean"] <= hi and summary["bootstrap"]["resamples"] == 1000
     assert summary["skipped_items"] == 0 and (out / "rejected.jsonl").read_text() == ""
     assert len(summary["svm"]["per_fold"]) == len(folds)
-    assert all(p["C"] in (1.0, 10.0) and p["gamma_factor"] == 1.0 for p in summary["svm"]["per_fold"])
+    chosen = summary["svm"]["per_fold"]
+    assert all(p["C"] in (1.0, 10.0) and p["gamma_factor"] == 1.0 for p in chosen)
     report = (out / "report.md").read_text()
     assert "| mean ± std |" in report and "95 % CI of the mean" in report and "## SVM" in report
     assert (out / "confusion.png").stat().st_size > 0
@@ -79,7 +81,8 @@ def test_features_are_cached_per_file_and_recomputed_when_the_file_changes(data)
     assert (third.done, third.reused) == (1, len(records) - 1)
     np.testing.assert_allclose(store.load(records[1]["id"]), before)
     # other settings get their own folder, never mixed with these values
-    other, _ = build_egemaps_cache(data, records[:2], EgemapsSettings(sample_rate=8000), progress=False)
+    other, _ = build_egemaps_cache(data, records[:2], EgemapsSettings(sample_rate=8000),
+                                   progress=False)
     assert other.root != store.root and sorted(EgemapsStore.available(data)) == sorted(
         [store.slug, other.slug])
 
@@ -105,10 +108,12 @@ def test_an_unreadable_and_a_too_short_item_are_reported_and_the_rest_goes_on(da
     assert "too short" in rejected[short["id"]]["reason"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_items"] == 2
-    predicted = {r["id"] for f in summary["folds"] for r in _predictions(out / f"fold{f}" / "predictions.csv")}
+    predicted = {r["id"] for f in summary["folds"]
+                 for r in _predictions(out / f"fold{f}" / "predictions.csv")}
     assert predicted == {r["id"] for r in records} - {broken["id"], short["id"]}
     store = EgemapsStore.open(data)
-    listed = {json.loads(line)["id"] for line in (store.root / "rejected.jsonl").read_text().splitlines()}
+    lines = (store.root / "rejected.jsonl").read_text().splitlines()
+    listed = {json.loads(line)["id"] for line in lines}
     assert listed == {broken["id"], short["id"]}
 
 

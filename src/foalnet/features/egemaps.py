@@ -132,7 +132,8 @@ def build_egemaps_cache(data_dir: str | os.PathLike, records: Iterable[dict],
     store = open_store(data_dir, settings)
     smile, settings_hash = _smile(settings), fingerprint_hash(store.meta["fingerprint"])
     report = EgemapsReport(store.slug)
-    for record in tqdm(list(records), unit="utt", desc=f"eGeMAPS {store.slug}", disable=not progress):
+    for record in tqdm(list(records), unit="utt", desc=f"eGeMAPS {store.slug}",
+                       disable=not progress):
         outcome = _one_item(store, smile, settings, settings_hash, record)
         if isinstance(outcome, dict):
             report.rejected.append(outcome)

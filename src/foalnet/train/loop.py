@@ -386,8 +386,9 @@ def selection_stability(raw: list[float | None], window: int, dev_items: int,
     """Was the selected epoch a choice or a coin flip? From the per-epoch dev scores.
 
     ``noise``: the size of a chance difference between two epochs' scores: for UA/WA/F1 the
-    binomial standard error sqrt(p(1 - p) / n) at the selected score (n = dev items), for the
-    loss the median change from one epoch to the next over sqrt(2). ``near_best_epochs``: the
+    binomial standard error sqrt(p(1 - p) / n) at the selected score (n = dev items; p with
+    one hit and one miss added, (pn + 1) / (n + 2): a perfect score on 8 clips is not exact),
+    for the loss the median change from one epoch to the next over sqrt(2). ``near_best_epochs``: the
     epochs whose (smoothed) score is within one ``noise`` of the selected one; when they are
     many and spread out, the dev split could not tell those epochs apart."""
     scores = [None if s is None else trailing_mean(raw[: i + 1], window) for i, s in enumerate(raw)]
@@ -400,8 +401,9 @@ def selection_stability(raw: list[float | None], window: int, dev_items: int,
     if metric == "loss":
         noise = float(np.median(changes)) / math.sqrt(2)
     else:
-        p = min(max(best, 0.0), 1.0)
-        noise = math.sqrt(p * (1 - p) / max(dev_items, 1))
+        n = max(dev_items, 1)
+        p = (min(max(best, 0.0), 1.0) * n + 1) / (n + 2)
+        noise = math.sqrt(p * (1 - p) / n)
     near = [e for e, s in valid if s >= best - noise]
     return {"metric": metric, "window": window, "dev_items": dev_items, "selected_epoch": epoch,
             "score": best, "noise": noise, "near_best_epochs": near,

@@ -118,7 +118,8 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
     d = cfg.data
     records = read_manifest(d.data_dir)
     labels = list(read_prepare_meta(d.data_dir)["labels"])
-    split = split_fold(records, d.fold, dev_speakers=resolve_dev_speakers(records, d), seed=cfg.train.seed)
+    split = split_fold(records, d.fold, dev_speakers=resolve_dev_speakers(records, d),
+                       seed=cfg.train.seed)
     if d.select_on_test:
         train, dev, protocol = split.train + split.dev, split.test, PAPER_PROTOCOL
     else:

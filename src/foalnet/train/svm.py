@@ -154,7 +154,8 @@ def _inner_ua(X, y, splits, c: float, gamma_factor: float, num_classes: int) -> 
         if len(set(y[train_idx].tolist())) < 2:
             continue
         clf = make_classifier(c, gamma_factor, X.shape[1]).fit(X[train_idx], y[train_idx])
-        scores.append(classification_metrics(y[val_idx], clf.predict(X[val_idx]), num_classes)["ua"])
+        predicted = clf.predict(X[val_idx])
+        scores.append(classification_metrics(y[val_idx], predicted, num_classes)["ua"])
     return float(np.mean(scores)) if scores else float("-inf")
 
 
@@ -184,8 +185,8 @@ def run_svm_cv(data_dir: str | Path, out_dir: str | Path, folds: list[int] | Non
     if settings.speaker_norm and len(kept):
         X = speaker_normalise(X, [str(r.get("speaker")) for r in kept])
     out_dir = Path(out_dir)
-    per_fold = {fold: run_fold(X, kept, records, failed, labels, fold, settings, out_dir / f"fold{fold}")
-                for fold in folds}
+    per_fold = {fold: run_fold(X, kept, records, failed, labels, fold, settings,
+                               out_dir / f"fold{fold}") for fold in folds}
     return write_summary(per_fold, out_dir, data_dir, settings, features, store.slug,
                          title or "eGeMAPS + RBF-SVM baseline")
 
@@ -211,10 +212,12 @@ def run_fold(X: np.ndarray, kept: list[dict], records: list[dict], failed: dict[
     te = np.array([row_of[r["id"]] for r in test], dtype=np.int64)
     scores = class_scores(clf, X[te], len(labels)) if len(te) else np.zeros((0, len(labels)))
     y_test = np.array([index[r["label"]] for r in test], dtype=np.int64)
-    metrics = classification_metrics(y_test, scores.argmax(axis=1) if len(te) else y_test, len(labels))
+    predicted = scores.argmax(axis=1) if len(te) else y_test
+    metrics = classification_metrics(y_test, predicted, len(labels))
     fold_failed = {r["id"]: failed[r["id"]] for r in split.train + split.test if r["id"] in failed}
     summary = {"test": metrics, "labels": labels, "fold": fold, "selected_epoch": None,
-               "svm": {k: v for k, v in chosen.items() if k != "grid"}, "inner_grid": chosen["grid"],
+               "svm": {k: v for k, v in chosen.items() if k != "grid"},
+               "inner_grid": chosen["grid"],
                "train_items": len(tr), "test_items": len(te), "skipped_items": len(fold_failed),
                "method": "egemaps_svm"}
     write_fold(fold_dir, summary, test, scores, labels, fold_failed, records)
@@ -262,7 +265,8 @@ def write_summary(per_fold: dict[int, dict], out_dir: Path, data_dir: str | Path
                       "per_fold": [per_fold[k]["svm"] for k in folds]}
     add_intervals(summary, fold_predictions(out_dir, folds, summary["labels"]))
     write_cv_outputs(out_dir, summary, title)
-    write_text_atomic(out_dir / "report.md", (out_dir / "report.md").read_text() + params_markdown(summary))
+    report = (out_dir / "report.md").read_text() + params_markdown(summary)
+    write_text_atomic(out_dir / "report.md", report)
     return summary
 
 
