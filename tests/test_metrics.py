@@ -55,8 +55,12 @@ def test_metrics_from_pooled_confusion_match_item_level():
         assert pooled[key] == pytest.approx(direct[key])
 
 
-def test_confusion_png_written(tmp_path):
-    path = plot_confusion([[2, 1], [0, 0]], ["neu", "hap"], tmp_path / "c.png", "title")
+def test_confusion_png_written_without_touching_matplotlibs_global_state(tmp_path):
+    import matplotlib
+
+    with matplotlib.rc_context({"backend": "svg"}):  # a caller's own backend choice
+        path = plot_confusion([[2, 1], [0, 0]], ["neu", "hap"], tmp_path / "c.png", "title")
+        assert matplotlib.rcParams["backend"] == "svg"  # matplotlib.use("Agg") would have changed it
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

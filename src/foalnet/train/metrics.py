@@ -53,16 +53,15 @@ def metrics_from_confusion(confusion: np.ndarray) -> dict:
 
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path,
                    title: str = "") -> Path:
-    """Save a row-normalised confusion matrix with counts as a PNG (matplotlib Agg, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save a row-normalised confusion matrix with counts as a PNG. A ``Figure`` of its own (Agg
+    canvas), not pyplot: the caller's matplotlib backend and figures stay as they are."""
+    from matplotlib.figure import Figure
 
     counts = np.asarray(confusion, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
+    fig = Figure(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
+    ax = fig.subplots()
     ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
@@ -79,7 +78,6 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
