@@ -40,11 +40,11 @@ piece stands for:
   (accelerate enables fp16 autocast only on GPUs); on CUDA it is ``torch.autocast`` float16 +
   a ``GradScaler``, which benchmarks/gpu_check.py uses for both implementations.
 
-What is NOT reproduced, on purpose (SPEC §3 defects that change the *function*; fixing them keeps
+What is NOT reproduced, on purpose (spec §3 defects, docs/spec.md, that change the *function*; fixing them keeps
 the reference and FoalNet computing the same thing): masks come from the true lengths (their
 collator's index trick marks one frame valid for an empty item), the hard-negative fill goes into a
 copy of the similarity matrix (they fill the matrix in place under ``no_grad``), and MEM pairs
-without a true negative are left out. The loss that is backpropagated is SPEC's
+without a true negative are left out. The loss that is backpropagated is spec §1's
 ``ce + avel + 0.1 mem``: of the two versions of their ``train.py`` in the repository, one
 backpropagates the classification cross-entropy only (``loss = c_loss``) and the other intends
 ``c_loss + loss_avc + loss_itm`` but cannot run (``c_loss`` is commented out); the loss weights do
@@ -59,7 +59,7 @@ this module alternated step by step in one process): their model with ``loss = c
 0.81-0.93x this module's step (5 steps), with all three losses 0.90-1.20x; the forwards cost the
 same (19-26 s: the frozen CNN on 16 x 6 s alone ~11 s, WavLM's 2 layers ~6.5 s, the four fusion
 passes ~6 s), their CE-only backward 13-14 s against 18-21 s. So the factor of about 2 between
-this module's step and "the authors' real code" reported in issue 13 (32.1 s against 16.1 s at 1
+this module's step and "the authors' real code" reported in the project's tracker (32.1 s against 16.1 s at 1
 thread) was not reproduced: under the same conditions their code costs what this module costs, up
 to the CE-only backward. docs/benchmarks.md has the table and the commands.
 
