@@ -20,7 +20,7 @@ import torch
 
 from foalnet.cli import main
 from foalnet.model.foalnet import FoalNet, FoalNetConfig
-from foalnet.train.data import pad_sequences
+from foalnet.data.padding import pad_sequences
 
 ENCODERS = {
     "offline": ("offline", {}),

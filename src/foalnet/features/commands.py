@@ -1,4 +1,5 @@
-"""CLI of the features stage: ``foalnet extract-visual DATA_DIR`` and ``foalnet extract-audio DATA_DIR``.
+"""CLI of the features stage: ``foalnet extract-visual DATA_DIR``. (``extract-audio`` runs the
+model's front end with a resolved config, so ``train/commands.py`` registers it.)
 
 Under a launcher (``accelerate launch --num_processes N -m foalnet extract-visual ...``,
 ``torchrun --nproc_per_node N -m foalnet ...``) each process extracts its share of the manifest
@@ -57,7 +58,6 @@ def _report(report, rejected_path: Path, main_process: bool = True) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_extract_visual(subparsers)
-    register_extract_audio(subparsers)
 
 
 def register_extract_visual(subparsers: argparse._SubParsersAction) -> None:
@@ -79,52 +79,3 @@ def register_extract_visual(subparsers: argparse._SubParsersAction) -> None:
                    help="resample frames to this rate (default: the file's own rate)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract_visual)
-
-
-def run_extract_audio(args: argparse.Namespace) -> int:
-    """0 all cached, 1 some items failed (listed in rejected.jsonl), 2 usage/setup error."""
-    from foalnet.data.manifest import ManifestError, read_manifest
-    from foalnet.features.audio_cache import build_audio_cache
-    from foalnet.features.base import FeatureError
-    import torch
-
-    from foalnet.features.workers import Workers
-    from foalnet.model.foalnet import FoalNet
-    from foalnet.train.commands import build_config
-
-    if not (Path(args.data_dir) / "manifest.jsonl").is_file():
-        log.error("%s: no manifest.jsonl; run `foalnet prepare ...` first", args.data_dir)
-        return 2
-    workers = Workers.from_env()
-    try:
-        cfg = build_config(args)
-        torch.manual_seed(cfg.train.seed)  # as train_fold: a random-init front end gets training's weights
-        model = FoalNet(cfg.model).to(workers.device(args.device))
-        store, report = build_audio_cache(args.data_dir, model, read_manifest(args.data_dir),
-                                          progress=not args.no_progress, workers=workers)
-    except (FeatureError, ManifestError, ValueError, OSError) as err:
-        log.error("%s", err)
-        return 2
-    finally:
-        workers.close()
-    return _report(report, store.root / "rejected.jsonl", workers.is_main)
-
-
-def register_extract_audio(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "extract-audio",
-        help="run the audio encoder's fixed front end (frozen CNN / DSP features) once per utterance (cached)",
-        description="Compute the audio encoder's frozen front end for every utterance and cache float32 "
-        "[T, C] arrays in DATA_DIR/audio_frontend/<slug>/, so training does not recompute it every "
-        "step (the same function). `foalnet train` / `cv` do this themselves when data.cache_audio "
-        "is on (the default); run it on its own to fill the cache on a GPU first. Re-running "
-        "reuses what is done; exit 1 if any item failed.")
-    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="a prepared data folder")
-    p.add_argument("--preset", default="paper", choices=("paper", "tiny"),
-                   help="whose audio encoder (default: paper = WavLM-Large's CNN)")
-    p.add_argument("--config", metavar="FILE.yaml", help="take the audio encoder from this experiment YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. model.audio_encoder=/models/wavlm-large")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_extract_audio)

@@ -29,7 +29,7 @@ import torch
 
 from foalnet.infer.media import (MediaError, MediaInfo, audio_length, iter_audio_spans, probe, read_audio,
                                 window_starts)
-from foalnet.train.data import pad_sequences  # the same padding and masks as training
+from foalnet.data.padding import pad_sequences  # the same padding and masks as training
 
 log = logging.getLogger(__name__)
 

@@ -257,6 +257,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    register_extract_audio(subparsers)
     train = subparsers.add_parser("train", help="train one fold into RUN_DIR")
     _add_common(train, data_required=False)
     train.add_argument("--fold", type=int, help="test fold (IEMOCAP session 1..5)")
@@ -319,3 +320,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a tiny-preset field, e.g. train.epochs=4")
     demo.set_defaults(func=cmd_demo)
+
+
+# ------------------------------------------------- extract-audio (the model's front end, cached)
+def run_extract_audio(args: argparse.Namespace) -> int:
+    """0 all cached, 1 some items failed (listed in rejected.jsonl), 2 usage/setup error."""
+    from foalnet.data.manifest import ManifestError, read_manifest
+    from foalnet.features.audio_cache import build_audio_cache
+    from foalnet.features.base import FeatureError
+    import torch
+
+    from foalnet.features.workers import Workers
+    from foalnet.model.foalnet import FoalNet
+    from foalnet.features.commands import _report
+
+    if not (Path(args.data_dir) / "manifest.jsonl").is_file():
+        log.error("%s: no manifest.jsonl; run `foalnet prepare ...` first", args.data_dir)
+        return 2
+    workers = Workers.from_env()
+    try:
+        cfg = build_config(args)
+        torch.manual_seed(cfg.train.seed)  # as train_fold: a random-init front end gets training's weights
+        model = FoalNet(cfg.model).to(workers.device(args.device))
+        store, report = build_audio_cache(args.data_dir, model, read_manifest(args.data_dir),
+                                          progress=not args.no_progress, workers=workers)
+    except (FeatureError, ManifestError, ValueError, OSError) as err:
+        log.error("%s", err)
+        return 2
+    finally:
+        workers.close()
+    return _report(report, store.root / "rejected.jsonl", workers.is_main)
+
+
+def register_extract_audio(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "extract-audio",
+        help="run the audio encoder's fixed front end (frozen CNN / DSP features) once per utterance (cached)",
+        description="Compute the audio encoder's frozen front end for every utterance and cache float32 "
+        "[T, C] arrays in DATA_DIR/audio_frontend/<slug>/, so training does not recompute it every "
+        "step (the same function). `foalnet train` / `cv` do this themselves when data.cache_audio "
+        "is on (the default); run it on its own to fill the cache on a GPU first. Re-running "
+        "reuses what is done; exit 1 if any item failed.")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="a prepared data folder")
+    p.add_argument("--preset", default="paper", choices=("paper", "tiny"),
+                   help="whose audio encoder (default: paper = WavLM-Large's CNN)")
+    p.add_argument("--config", metavar="FILE.yaml", help="take the audio encoder from this experiment YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. model.audio_encoder=/models/wavlm-large")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract_audio)

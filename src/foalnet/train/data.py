@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from foalnet.data.padding import pad_sequences
+
 logger = logging.getLogger(__name__)
 
 
@@ -147,19 +149,6 @@ class EmotionDataset(Dataset):
         if not np.isfinite(feats).all():
             raise OSError(f"visual features of {record['id']} contain NaN/inf")
         return feats
-
-
-def pad_sequences(arrays: list[np.ndarray | None], tail: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack variable-length arrays into a zero-padded tensor [B, L, *tail] and mask [B, L]."""
-    lengths = [0 if a is None else len(a) for a in arrays]
-    B, L = len(arrays), max(lengths, default=0)
-    out = torch.zeros((B, L, *tail), dtype=torch.float32)
-    mask = torch.zeros((B, L), dtype=torch.bool)
-    for i, (a, n) in enumerate(zip(arrays, lengths)):
-        if n:
-            out[i, :n] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-            mask[i, :n] = True
-    return out, mask
 
 
 class Collator:

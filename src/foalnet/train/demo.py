@@ -18,10 +18,18 @@ log = logging.getLogger(__name__)
 
 
 def _stage(argv: list[str]) -> int:
-    """Run one foalnet sub-command in-process through its own parser (same defaults as the CLI)."""
-    from foalnet.cli import build_parser
+    """Run one data/ or features/ sub-command in-process through its own parser: the CLI's
+    parsers and defaults, without importing the CLI (which sits above this stage)."""
+    import argparse
 
-    args = build_parser().parse_args(argv)
+    from foalnet.data import commands as data_commands
+    from foalnet.features import commands as feature_commands
+
+    parser = argparse.ArgumentParser(prog="foalnet")
+    subparsers = parser.add_subparsers(dest="command")
+    data_commands.register(subparsers)
+    feature_commands.register(subparsers)
+    args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
 
