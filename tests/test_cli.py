@@ -51,3 +51,28 @@ def test_an_internal_error_is_one_line_with_status_3_and_a_traceback_with_debug(
 def test_a_command_status_passes_through(monkeypatch):
     monkeypatch.setattr(cli, "build_parser", lambda: _parser_with(lambda args: 2))
     assert cli.main(["boom"]) == 2
+
+
+def test_training_commands_take_device_and_cpu_sets_the_config():
+    from foalnet.train.commands import build_config
+
+    parser = cli.build_parser()
+    for command in (["train", "D", "--fold", "1", "--out", "R"], ["cv", "D", "--out", "C"], ["ablate", "D", "--out", "A"]):
+        args = parser.parse_args(command + ["--device", "cpu", "--preset", "tiny"])
+        assert build_config(args).train.cpu is True, command
+    args = parser.parse_args(["cv", "D", "--out", "C"])
+    assert build_config(args).train.cpu is False  # paper preset default: accelerate's choice
+    args = parser.parse_args(["cv", "D", "--out", "C", "--device", "auto"])
+    assert build_config(args).train.cpu is False
+
+
+def test_device_cuda_without_cuda_is_a_usage_error():
+    import torch
+
+    from foalnet.train.commands import build_config
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = cli.build_parser().parse_args(["cv", "D", "--out", "C", "--device", "cuda"])
+    with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
+        build_config(args)

@@ -40,6 +40,17 @@ def build_config(args: argparse.Namespace):
                         use_avel=False if single else model.use_avel,
                         use_mem=False if single else model.use_mem)
     train = cfg.train
+    device = getattr(args, "device", None)
+    if device == "cpu":
+        train = replace(train, cpu=True)
+    elif device == "auto":
+        train = replace(train, cpu=False)
+    elif device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU)")
+        train = replace(train, cpu=False)
     if getattr(args, "save_last", False):
         train = replace(train, save_last=True)
     if getattr(args, "keep_checkpoints", None) is not None:
@@ -82,6 +93,9 @@ def _add_common(parser: argparse.ArgumentParser, data_required: bool = True) -> 
                         help="experiment preset (default: paper = spec §2)")
     parser.add_argument("--config", metavar="FILE.yaml", help="start from this experiment YAML instead")
     parser.add_argument("--modality", choices=("av", "audio", "video"), help="single-modality rows")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to train: auto = the GPUs accelerate finds, else the CPU (default); "
+                        "pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. train.lr=3e-4 (repeatable)")
     parser.add_argument("--select-on-test", action="store_true",
@@ -133,7 +147,7 @@ def refuse_settings_on_resume(args: argparse.Namespace) -> None:
     given = {"DATA_DIR": args.data_dir not in (None, args.resume), "--preset": bool(args.preset),
              "--config": bool(args.config), "--modality": bool(args.modality),
              "--set": bool(args.set), "--fold": args.fold is not None, "--out": bool(args.out),
-             "--select-on-test": args.select_on_test,
+             "--select-on-test": args.select_on_test, "--device": bool(getattr(args, "device", None)),
              "--save-last": bool(getattr(args, "save_last", False)),
              "--keep-checkpoints": getattr(args, "keep_checkpoints", None) is not None}
     flags = [flag for flag, present in given.items() if present]
