@@ -84,6 +84,7 @@ def data_dir(prepared_dir, tmp_path_factory) -> Path:
     return make_visual_data(Path(prepared_dir), tmp_path_factory.mktemp("ddp") / "data")
 
 
+@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 def test_accelerate_launch_two_cpu_processes(data_dir, tmp_path):
     from foalnet.config import preset
     from foalnet.train.run import load_fold
@@ -178,6 +179,7 @@ def _index_lines(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / "index.jsonl").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 def test_extraction_split_over_two_processes_gives_one_index(data_dir, prepared_dir, tmp_path):
     """Both extractors under ``accelerate launch --num_processes 2``: every item once, in one
     index.jsonl (no shard left), arrays identical to a single-process extraction."""
@@ -207,6 +209,7 @@ def test_extraction_split_over_two_processes_gives_one_index(data_dir, prepared_
             np.testing.assert_array_equal(store.load(utt), reference.load(utt))
 
 
+@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(prepared_dir, tmp_path):
     """Process 1 dies after 3 items: what both processes wrote is complete and listed; a rerun
     (2 processes again) reuses all of it, writes no array twice and computes only the missing."""

@@ -89,6 +89,7 @@ def test_eval_logits_and_losses_close_to_float32(paper_shaped, name, packed):
         assert low.losses[part].item() == pytest.approx(value.item(), abs=10 * LOGIT_ATOL[name]), part
 
 
+@pytest.mark.slow  # CPU float16 GEMMs are slow (~20 s a case); CI runs it
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "transformers"])
 @pytest.mark.parametrize("name", list(DTYPES))
 def test_training_steps_with_grad_scaler_change_weights_and_stay_finite(one_layer, name, packed):

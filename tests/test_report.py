@@ -101,6 +101,7 @@ def test_report_of_a_folder_without_results_is_a_usage_error(tmp_path, caplog):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine")
 def test_headless_chromium_renders_the_report(seeds_dir, tmp_path):
     """A real browser lays the page out: the screenshot is not blank, and holds the blue of

@@ -120,6 +120,7 @@ def _mid_second_epoch(data_dir: Path) -> int:
     return n + 3
 
 
+@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 def test_sigkill_at_any_moment_then_resume_is_exact(data_dir, reference, tmp_path):
     """A real ``kill -9`` of ``foalnet train`` while it writes checkpoints, then ``--resume``."""
     run = tmp_path / "sigkill"

@@ -280,6 +280,7 @@ def test_cli_serve_usage_errors(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------- the page
+@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (/usr/bin/chromium)")
 def test_page_in_headless_chromium(server, clips, tmp_path):
     """Load the page, upload a bad file (message, server up), then a clip: timeline, label,
