@@ -19,6 +19,9 @@ $(VENV)/.done: pyproject.toml
 setup: $(VENV)/.done
 
 test: setup
+	@# CI only: Debian's chromium for the browser tests (skipped where it is absent)
+	@if [ -n "$$CI" ] && ! command -v chromium >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "no chromium: browser tests skipped"; fi
 	$(PY) -m pytest -q
 
 demo: setup
