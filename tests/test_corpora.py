@@ -175,7 +175,7 @@ def test_cremad_four_classes_and_perceived_votes(crema_root: Path):
 
 def test_cremad_cli_writes_manifest_and_refuses_missing_votes(crema_root: Path, tmp_path: Path):
     out = tmp_path / "data"
-    assert main(["prepare", "cremad", str(crema_root), "--out", str(out), "--folds", "2"]) == 1
+    assert main(["prepare", "cremad", str(crema_root), "--out", str(out), "--num-folds", "2"]) == 1
     meta = read_prepare_meta(out)
     assert meta["counts"]["total"] == 6 and meta["rejected"] == 4
     assert meta["options"]["protocol"] == "2 speaker-disjoint folds (actors)"

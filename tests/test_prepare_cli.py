@@ -125,7 +125,7 @@ def test_prepare_csv_speaker_folds_media_and_rejections(tmp_path: Path):
     src.mkdir()
     csv_path = _csv_corpus(src)
     out = tmp_path / "data"
-    code = main(["prepare", "csv", str(csv_path), "--out", str(out), "--folds", "3",
+    code = main(["prepare", "csv", str(csv_path), "--out", str(out), "--num-folds", "3",
                  "--labels", "a,b"])
     assert code == 1
     reasons = sorted(r["reason"] for r in read_rejected(out))
@@ -208,12 +208,12 @@ def test_prepare_csv_iemocap_names_keep_the_paper_logit_order(tmp_path: Path):
                                     "c.wav,neu,s1\nd.wav,hap,s1\ne.wav,hap,s2\nf.wav,neu,s2\n"
                                     "g.wav,ang,s2\nh.wav,sad,s2\n")
     assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "d"),
-                 "--folds", "2"]) == 0
+                 "--num-folds", "2"]) == 0
     assert read_prepare_meta(tmp_path / "d")["labels"] == ["neu", "hap", "sad", "ang"]
     (tmp_path / "l2.csv").write_text("path,label,speaker\na.wav,sad,s1\nb.wav,ang,s1\n"
                                      "g.wav,ang,s2\nh.wav,sad,s2\n")
     assert main(["prepare", "csv", str(tmp_path / "l2.csv"), "--out", str(tmp_path / "d2"),
-                 "--folds", "2"]) == 0
+                 "--num-folds", "2"]) == 0
     assert read_prepare_meta(tmp_path / "d2")["labels"] == ["sad", "ang"]
 
 
@@ -250,7 +250,7 @@ def test_prepare_csv_rejects_empty_speaker_and_repeated_audio_per_row(tmp_path: 
         "long.wav,x,s4,p3,0.2,0.6\n")     # line 10: overlaps line 8
     out = tmp_path / "d"
     assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", out.as_posix(),
-                 "--folds", "2", "--labels", "x,y"]) == 1
+                 "--num-folds", "2", "--labels", "x,y"]) == 1
     rejected = {r["id"]: r["reason"] for r in read_rejected(out)}
     assert set(rejected) == {"a_again", "b_7", "p3"}
     assert rejected["a_again"].startswith("l.csv:6: same audio as item 'a' at l.csv:2")
@@ -301,7 +301,7 @@ def test_prepare_csv_without_labels_rejects_classes_missing_from_a_training_fold
     rows.append("calm.wav,calm,s0")  # line 18
     (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "d"
-    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(out), "--folds", "2"]) == 1
+    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(out), "--num-folds", "2"]) == 1
     [rej] = read_rejected(out)
     assert rej["id"] == "calm" and rej["reason"].startswith(
         "l.csv:18: class 'calm' has 1 item(s), all in fold(s) [1]")
@@ -312,7 +312,7 @@ def test_prepare_csv_without_labels_rejects_classes_missing_from_a_training_fold
     # listed in --labels it is the user's choice: kept, with a warning and the given order
     caplog.clear()
     out2 = tmp_path / "d2"
-    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(out2), "--folds", "2",
+    assert main(["prepare", "csv", str(tmp_path / "l.csv"), "--out", str(out2), "--num-folds", "2",
                  "--labels", "neu,hap,sad,ang,calm"]) == 0
     assert read_prepare_meta(out2)["counts"]["labels"]["calm"] == 1
     assert "class 'calm' is in fold(s) [1] only" in caplog.text

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth = subparsers.add_parser(
         "synth", help="write an offline corpus shaped like IEMOCAP_full_release")
     synth.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="random seed of the corpus (default 0)")
     synth.add_argument("--size", default="small", choices=("tiny", "small", "medium"),
                        help="tiny (tests), small (default, >= 200 four-class), medium")
     synth.add_argument("--workers", type=int, default=None,

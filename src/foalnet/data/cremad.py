@@ -205,7 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "crowd's majority vote of processedResults/tabulatedVotes.csv")
     parser.add_argument("--votes", default="av", choices=sorted(VOTE_QUERY),
                         help="which raters' votes --labels perceived uses (default av)")
-    parser.add_argument("--folds", type=int, default=5, help="speaker-disjoint folds (default 5)")
+    parser.add_argument("--num-folds", dest="folds", metavar="K", type=int, default=5, help="speaker-disjoint folds (default 5)")
 
 
 def options(args: argparse.Namespace) -> dict:

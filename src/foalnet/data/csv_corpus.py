@@ -203,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("labels_csv", type=Path, metavar="LABELS.csv")
     parser.add_argument("--root", type=Path, default=None,
                         help="folder the CSV paths are relative to (default: the CSV's folder)")
-    parser.add_argument("--folds", type=int, default=5,
+    parser.add_argument("--num-folds", dest="folds", metavar="K", type=int, default=5,
                         help="speaker-disjoint folds when there is no session column (default 5)")
     parser.add_argument("--labels", default=None,
                         help="comma-separated label set and logit order; other labels are "

@@ -166,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "only (calm is dropped, not merged)")
     parser.add_argument("--channel", default="speech", choices=("speech", "song"),
                         help="vocal channel (default speech)")
-    parser.add_argument("--folds", type=int, default=6,
+    parser.add_argument("--num-folds", dest="folds", metavar="K", type=int, default=6,
                         help="speaker-disjoint folds of consecutive actors (default 6: 4 each)")
 
 

@@ -272,9 +272,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_extract_audio(subparsers)
-    train = subparsers.add_parser("train", help="train one fold into RUN_DIR")
+    train = subparsers.add_parser(
+        "train", help="train one fold into RUN_DIR",
+        description="Train on every fold but --fold (dev speakers held out of the training folds "
+        "select the epoch), test on --fold, and write RUN_DIR: config.yaml, best/, metrics.csv, "
+        "learning_curves.png, predictions.csv, summary.json. --resume continues a killed run.")
     _add_common(train, data_required=False)
-    train.add_argument("--fold", type=int, help="test fold (IEMOCAP session 1..5)")
+    train.add_argument("--fold", type=int, help="test fold: a value of the manifest's fold field (IEMOCAP: the session 1..5)")
     train.add_argument("--out", metavar="RUN_DIR", help="output run folder")
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                        help="continue the run in --out (or in RUN_DIR) from its last checkpoint")
@@ -282,7 +286,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     cv = subparsers.add_parser("cv", help="leave-one-fold-out cross-validation into CV_DIR/fold<K>/")
     _add_common(cv)
-    cv.add_argument("--out", required=True, metavar="CV_DIR")
+    cv.add_argument("--out", required=True, metavar="CV_DIR",
+                    help="output folder: fold<K>/ per test fold, summary.json, report.md (re-run to resume)")
     cv.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all)")
     cv.add_argument("--seeds", metavar="1,2,...",
                     help="one full CV per train.seed into CV_DIR/seed<S>/, summary over seeds")
@@ -290,10 +295,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ablate = subparsers.add_parser("ablate", help="paper Table 2 rows through cv")
     _add_common(ablate)
-    ablate.add_argument("--out", required=True, metavar="DIR")
+    ablate.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: <row>/ per row, ablation.md, ablation.json (re-run to resume)")
     ablate.add_argument("--folds", metavar="1,2,...", help="only these folds (default: all)")
     ablate.add_argument("--rows", metavar="ROW,...",
-                        help="only these rows (default: the six paper rows and egemaps_svm)")
+                        help="only these rows, from: audio_only, video_only, baseline, baseline+avel, "
+                        "baseline+mem, full, egemaps_svm (default: all seven)")
     ablate.add_argument("--seeds", metavar="1,2,...",
                         help="each row one CV per train.seed (DIR/<row>/seed<S>/), std over seeds")
     ablate.set_defaults(func=cmd_ablate)
