@@ -348,6 +348,23 @@ def test_refuses_non_model_folder(tmp_path):
         Predictor.from_pretrained(tmp_path)
 
 
+def test_a_cv_folder_is_refused_with_a_fold_model_suggested(models, tmp_path):
+    import shutil
+
+    shutil.copytree(models["audio"], tmp_path / "cv" / "fold2" / "best")
+    with pytest.raises(PredictorError, match=r"cross-validation folder: pick one fold's model, e\.g\. .*cv/fold2/best"):
+        Predictor.from_pretrained(tmp_path / "cv")
+
+
+def test_cli_names_a_failed_file_once_and_writes_no_empty_reject_list(models, clips, tmp_path, caplog):
+    out = tmp_path / "out" / "pred.jsonl"
+    assert main(["predict", str(models["audio"]), str(clips["empty.mp4"]), "--out", str(out)]) == 1
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].count(str(clips["empty.mp4"])) == 1, failed
+    assert main(["predict", str(models["audio"]), str(clips["audio_only.wav"]), "--out", str(out)]) == 0
+    assert not (tmp_path / "out" / "pred.rejected.jsonl").exists()
+
+
 def test_run_folder_uses_best(models, tmp_path, clips):
     import shutil
 

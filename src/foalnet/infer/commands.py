@@ -164,7 +164,8 @@ def _usage(message: str) -> int:
 def _summary(result: dict) -> str:
     """One console line per input."""
     if "error" in result:
-        return f"FAILED {result['input']}: {result['error']}"
+        error = str(result["error"])  # errors name their file already: say it once
+        return f"FAILED {error}" if error.startswith(str(result["input"])) else f"FAILED {result['input']}: {error}"
     p = result["probabilities"][result["label"]]
     extra = f", {len(result['timeline'])} windows" if "timeline" in result else ""
     return (f"{result['input']}: {result['label']} (p={p:.3f}; {result['duration']} s; "
@@ -231,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
         with open(tmp, "w", encoding="utf-8") as out, open(rejected_path, "w", encoding="utf-8") as rej:
             ok, failed = _write(results, out, rej, echo=True)
         os.replace(tmp, args.out)
+        if not failed:
+            rejected_path.unlink()  # no empty reject list beside a clean run
         log.info("wrote %s (%d predicted, %d failed%s)", args.out, ok, failed,
                  f"; reasons in {rejected_path}" if failed else "")
     return 1 if failed else 0

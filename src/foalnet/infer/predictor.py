@@ -90,7 +90,9 @@ def _resolve_model_dir(model_dir: PathLike) -> Path:
         if (path / sub / "config.json").is_file():
             log.info("%s is a run folder: using its %s/ model", path, sub)
             return path / sub
-    raise PredictorError(f"{path}: not a foalnet model folder (no config.json, no best/ or last/)")
+    folds = sorted(p.parent.parent.name for p in path.glob("fold*/best/config.json"))
+    hint = f"; a cross-validation folder: pick one fold's model, e.g. {path / folds[0]}/best" if folds else ""
+    raise PredictorError(f"{path}: not a foalnet model folder (no config.json, no best/ or last/){hint}")
 
 
 def _needed_modalities(modality: str) -> list[str]:
@@ -297,7 +299,8 @@ class Predictor:
             if "video" in self.modalities and recorded not in (None, *CROPS):
                 log.warning(
                     "the model was trained on crop %r (the speaker's half of each utterance); "
-                    "new files use the full frame unless --crop left/right says where the speaker is",
+                    "videos of new files use the full frame unless crop='left'/'right' "
+                    "(CLI: --crop left/right) says where the speaker is",
                     recorded,
                 )
             return self.default_crop
