@@ -19,14 +19,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
 
-from foalnet.features.store import AudioFrontendStore, feature_key
+from foalnet.features.store import AudioFrontendStore, CacheReport, feature_key
 from foalnet.features.workers import Workers, finish_shared, open_shared
 
 log = logging.getLogger(__name__)
@@ -53,19 +52,11 @@ def item_key(record: dict, frontend_hash: str) -> str:
 
 
 @dataclass
-class AudioCacheReport:
-    """What one cache run did; ``rejected`` lists every item it could not serve, with the reason."""
+class AudioCacheReport(CacheReport):
+    """A cache fill's report, with the seconds of audio it computed."""
 
-    slug: str
-    done: int = 0
-    reused: int = 0
-    seconds: float = 0.0
+    KIND: ClassVar[str] = "audio front end"
     audio_seconds: float = 0.0
-    rejected: list[dict] = field(default_factory=list)
-
-    @property
-    def failed(self) -> int:
-        return len(self.rejected)
 
     @classmethod
     def merged(cls, reports: list["AudioCacheReport"]) -> "AudioCacheReport":
@@ -77,8 +68,7 @@ class AudioCacheReport:
 
     def summary(self) -> str:
         speed = f", {self.audio_seconds / self.seconds:.0f} s of audio per s" if self.seconds > 0 and self.done else ""
-        return (f"audio front end {self.slug}: done {self.done}, reused {self.reused}, "
-                f"failed {self.failed} in {self.seconds:.1f} s{speed}")
+        return super().summary() + speed
 
 
 def utterance_frontend(model, wave: torch.Tensor) -> np.ndarray:

@@ -18,13 +18,13 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Iterable
 
 import numpy as np
 
 from foalnet.features.audio_cache import fingerprint_hash, item_key
-from foalnet.features.store import FeatureStore
+from foalnet.features.store import CacheReport, FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +59,10 @@ class EgemapsSettings:
 
 
 @dataclass
-class EgemapsReport:
-    """What one extraction run did; ``rejected`` = ``{"id", "path", "reason"}`` per failed item."""
+class EgemapsReport(CacheReport):
+    """What one extraction run did (``CacheReport``)."""
 
-    slug: str
-    done: int = 0
-    reused: int = 0
-    seconds: float = 0.0
-    rejected: list[dict] = field(default_factory=list)
-
-    @property
-    def failed(self) -> int:
-        return len(self.rejected)
-
-    def summary(self) -> str:
-        return (f"eGeMAPS {self.slug}: done {self.done}, reused {self.reused}, "
-                f"failed {self.failed} in {self.seconds:.1f} s")
+    KIND: ClassVar[str] = "eGeMAPS"
 
 
 def store_slug(fingerprint: dict) -> str:

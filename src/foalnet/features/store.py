@@ -24,8 +24,9 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
 
@@ -290,3 +291,24 @@ class AudioFrontendStore(FeatureStore):
     DTYPE = np.float32
     ALLOW_EMPTY = True
     HINT = "foalnet extract-audio"
+
+
+@dataclass
+class CacheReport:
+    """What one cache fill did; ``rejected`` = ``{"id", "path", "reason"}`` of every item it could
+    not serve. Subclasses name their kind (``KIND``) and may add to the summary."""
+
+    KIND: ClassVar[str] = "cache"
+    slug: str
+    done: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    rejected: list[dict] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.rejected)
+
+    def summary(self) -> str:
+        return (f"{self.KIND} {self.slug}: done {self.done}, reused {self.reused}, "
+                f"failed {self.failed} in {self.seconds:.1f} s")
