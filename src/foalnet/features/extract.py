@@ -34,6 +34,17 @@ CLI_CROPS = ("side", "full", "face", "left", "right")
 Ref = tuple[int, str]  # (frame index in the file, region)
 
 
+def crop_frame(image: np.ndarray, region: str, face: FaceCropper | None = None) -> np.ndarray:
+    """The part of a frame the visual encoder sees: ``region`` is left|right|full, or
+    face:<left|right|full> (the face found in that part, by ``face``, which holds boxes per region)."""
+    if region.startswith("face:"):
+        part = crop_region(image, region.split(":", 1)[1])
+        if face is None:
+            raise ValueError("face regions need a FaceCropper")
+        return face(part, key=region)
+    return crop_region(image, region)
+
+
 class SpanEmbedder:
     """Turns one `walk_spans` pass into per-span (T, D) float16 arrays, embedding in batches.
 
@@ -56,12 +67,7 @@ class SpanEmbedder:
         self._ready: list[int] = []  # closed spans waiting for their last embeddings
 
     def _crop(self, image: np.ndarray, region: str) -> np.ndarray:
-        if region.startswith("face:"):
-            half = crop_region(image, region.split(":", 1)[1])
-            if self.face is None:
-                raise ValueError("face regions need a FaceCropper")
-            return self.face(half, key=region)
-        return crop_region(image, region)
+        return crop_frame(image, region, self.face)
 
     def _flush(self) -> None:
         if not self._batch:

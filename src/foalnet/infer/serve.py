@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import re
 import shutil
 import tempfile
@@ -260,7 +259,8 @@ def _transcode_video(path: Path, info: MediaInfo, target: Path) -> Path:
 def thumbnails(service: Service, path: str | Path, info: MediaInfo,
                count: int) -> list[tuple[np.ndarray, str]]:
     """A few frames as the visual encoder saw them (the crop), each with its time."""
-    from foalnet.data.video import FaceCropper, crop_region, read_spans, resolve_crop
+    from foalnet.data.video import FaceCropper, read_spans, resolve_crop
+    from foalnet.features.extract import crop_frame
 
     if service.crop is None or not info.has_video or count < 1:
         return []
@@ -274,9 +274,7 @@ def thumbnails(service: Service, path: str | Path, info: MediaInfo,
     for index, frames in read_spans(path, spans, fps=service.predictor.settings.get("fps") or None):
         if isinstance(frames, Exception) or not len(frames):
             continue
-        image = crop_region(frames[0], region.split(":", 1)[-1])
-        image = face(image, key="thumbs") if face is not None else image
-        out.append((image, f"{times[index]:.1f} s"))
+        out.append((crop_frame(frames[0], region, face), f"{times[index]:.1f} s"))
     return out
 
 

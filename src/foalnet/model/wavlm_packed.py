@@ -90,7 +90,8 @@ def attention(attn: nn.Module, x: torch.Tensor, packing: Packing, position_bias:
 
     q, k, v = (heads_first(proj(x)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
     gate = packing.unpack(position_gate(attn, x)).permute(0, 2, 1, 3)  # (B, heads, T, 1); padded queries: 0
-    bias = (gate * position_bias + key_bias).to(q.dtype)  # (B, heads, T, T)
+    dtype = q.dtype  # under autocast the projections' half precision: no float32 [B, heads, T, T] temporary
+    bias = torch.addcmul(key_bias.to(dtype), gate.to(dtype), position_bias.to(dtype))  # (B, heads, T, T)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                          dropout_p=attn.dropout if attn.training else 0.0)
     return attn.out_proj(packing.pack(out.transpose(1, 2).reshape(B, T, heads * d)))

@@ -250,12 +250,13 @@ def _corpus_name(data_dir: str) -> str | None:
         return None
 
 
-def write_cv_outputs(cv_dir: Path, summary: dict, title: str) -> None:
+def write_cv_outputs(cv_dir: Path, summary: dict, title: str, extra_markdown: str = "") -> None:
+    """summary.json, the pooled confusion plot, report.md (+ ``extra_markdown``), rejected.jsonl."""
     cv_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cv_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     plot_confusion(summary["pooled"]["confusion"], summary["labels"], cv_dir / "confusion.png",
                    f"{title}: pooled over folds {summary['folds']}")
-    write_text_atomic(cv_dir / "report.md", report_markdown(summary, title))
+    write_text_atomic(cv_dir / "report.md", report_markdown(summary, title) + extra_markdown)
     write_text_atomic(cv_dir / "rejected.jsonl", collect_rejected(cv_dir, summary["folds"]))
 
 

@@ -264,9 +264,7 @@ def write_summary(per_fold: dict[int, dict], out_dir: Path, data_dir: str | Path
                       "features": {"store": slug, **asdict(features)},
                       "per_fold": [per_fold[k]["svm"] for k in folds]}
     add_intervals(summary, fold_predictions(out_dir, folds, summary["labels"]))
-    write_cv_outputs(out_dir, summary, title)
-    report = (out_dir / "report.md").read_text() + params_markdown(summary)
-    write_text_atomic(out_dir / "report.md", report)
+    write_cv_outputs(out_dir, summary, title, extra_markdown=params_markdown(summary))
     return summary
 
 
