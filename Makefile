@@ -22,7 +22,8 @@ test: setup
 	@# CI only: Debian's chromium for the browser tests (skipped where it is absent)
 	@if [ -n "$$CI" ] && ! command -v chromium >/dev/null; then \
 	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "no chromium: browser tests skipped"; fi
-	$(PY) -m pytest -q
+	@# one process per core (pytest-xdist), one torch thread each: the suite is mostly single-threaded
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 demo: setup
 	$(VENV)/bin/foalnet demo --out $(DEMO_DIR)

@@ -6,6 +6,7 @@ to tmp_path before modifying anything).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,32 @@ def prepared_dir(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("prepared") / "data"
     assert main(["prepare", "iemocap", str(synth_root), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def visual_dir(prepared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``prepared_dir`` with tiny visual features (``extract-visual --encoder tiny``), extracted
+    once per session; read-only like ``prepared_dir``."""
+    from foalnet.cli import main
+
+    out = tmp_path_factory.mktemp("visual") / "data"
+    shutil.copytree(prepared_dir, out)
+    assert main(["extract-visual", str(out), "--encoder", "tiny", "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(visual_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RUN_DIR of ``foalnet train`` (tiny preset, fold 1, one epoch, batch 4) on a private copy
+    of ``visual_dir`` (training writes its audio cache there); read-only."""
+    from foalnet.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data, run = root / "data", root / "run"
+    shutil.copytree(visual_dir, data)
+    assert main(["train", str(data), "--fold", "1", "--out", str(run), "--preset", "tiny",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=4"]) == 0
+    return run
 
 
 @pytest.fixture(scope="session")

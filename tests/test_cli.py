@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from foalnet import __version__, cli
+from foalnet.errors import UsageError
 
 
 def test_version_prints_the_package_version(capsys):
@@ -76,3 +77,31 @@ def test_device_cuda_without_cuda_is_a_usage_error():
     args = cli.build_parser().parse_args(["cv", "D", "--out", "C", "--device", "cuda"])
     with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
         build_config(args)
+
+
+@pytest.mark.parametrize("raised, status", [
+    (ValueError("operands could not be broadcast together"), 3),  # from numpy/torch inside: a bug
+    (UsageError("--folds 7: this corpus has folds 1..5"), 2),  # foalnet's own check: the user's input
+])
+def test_a_command_tells_its_own_checks_from_bugs(monkeypatch, capsys, caplog, raised, status):
+    import foalnet.train.cv as cv
+
+    def run_cv(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(cv, "run_cv", run_cv)
+    assert cli.main(["cv", "D", "--out", "C", "--preset", "tiny"]) == status
+    err = capsys.readouterr().err + caplog.text  # the usage error is logged, the bug printed
+    assert str(raised) in err
+    assert ("internal error: ValueError" in err) == (status == 3)
+
+
+def test_foalnet_checks_raise_usage_error_which_is_a_value_error(tmp_path):
+    from foalnet.config import TrainConfig
+    from foalnet.data.manifest import ManifestError, read_manifest
+
+    with pytest.raises(UsageError, match="lr=-1"):
+        TrainConfig(lr=-1)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(tmp_path)
+    assert isinstance(info.value, UsageError) and isinstance(info.value, ValueError)

@@ -2,7 +2,6 @@
 real (tiny) media files; official counts on the real corpora behind the ``corpus`` marker."""
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path

@@ -80,8 +80,8 @@ def global_batch() -> dict:
 
 
 @pytest.fixture(scope="module")
-def data_dir(prepared_dir, tmp_path_factory) -> Path:
-    return make_visual_data(Path(prepared_dir), tmp_path_factory.mktemp("ddp") / "data")
+def data_dir(visual_dir, tmp_path_factory) -> Path:
+    return make_visual_data(Path(visual_dir), tmp_path_factory.mktemp("ddp") / "data")
 
 
 @pytest.mark.slow  # an end-to-end run of its own; CI runs it

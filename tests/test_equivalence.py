@@ -9,7 +9,6 @@ RNG for the negatives -> logits, losses (and gradients) agree within 1e-5 in flo
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import sys
 from pathlib import Path

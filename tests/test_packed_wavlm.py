@@ -13,7 +13,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from foalnet.model.audio import HFAudioEncoder
 from foalnet.model.foalnet import FoalNet, FoalNetConfig

@@ -472,24 +472,15 @@ def _cut_clip(record: dict, out: Path) -> Path:
     return out
 
 
-def test_predict_agrees_with_training_run(request, tmp_path, caplog):
-    """`foalnet train` on the synthetic corpus, then clips cut from its test utterances:
-    predict (run folder -> best/) gives the probabilities of the run's predictions.csv."""
+def test_predict_agrees_with_training_run(trained_run, visual_dir, tmp_path, caplog):
+    """`foalnet train` on the synthetic corpus (conftest's trained_run), then clips cut from its
+    test utterances: predict (run folder -> best/) gives the probabilities of its predictions.csv."""
     import csv
-    import shutil
 
-    try:
-        prepared = Path(request.getfixturevalue("prepared_dir"))
-    except pytest.FixtureLookupError:
-        pytest.skip("the synthetic corpus fixtures (tests/conftest.py) are not available")
     from foalnet.data.manifest import read_manifest
 
-    data_dir, run = tmp_path / "data", tmp_path / "run"
-    shutil.copytree(prepared, data_dir)  # a private copy: the shared fixture stays untouched
-    assert main(["extract-visual", str(data_dir), "--encoder", "tiny", "--no-progress"]) == 0
-    assert main(["train", str(data_dir), "--fold", "1", "--out", str(run), "--preset", "tiny",
-                 "--set", "train.epochs=1", "--set", "train.batch_size=4"]) == 0
-    records = {r["id"]: r for r in read_manifest(data_dir)}
+    run = trained_run
+    records = {r["id"]: r for r in read_manifest(visual_dir)}
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     by_side = {records[row["id"]]["side"]: row for row in rows}  # one utterance per half
     predictor = Predictor.from_pretrained(run)

@@ -36,8 +36,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def data_dir(prepared_dir, tmp_path_factory) -> Path:
-    return make_visual_data(Path(prepared_dir), tmp_path_factory.mktemp("resume") / "data")
+def data_dir(visual_dir, tmp_path_factory) -> Path:
+    return make_visual_data(Path(visual_dir), tmp_path_factory.mktemp("resume") / "data")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -34,15 +33,9 @@ LIMITS = Limits(max_upload_mb=2.0, max_duration=12.0, max_waiting=0)
 
 # --------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def trained_model(prepared_dir, tmp_path_factory) -> Path:
+def trained_model(trained_run) -> Path:
     """best/ of `foalnet train` (tiny preset, fold 1, one epoch) on the synthetic corpus."""
-    root = tmp_path_factory.mktemp("serve_run")
-    data_dir, run = root / "data", root / "run"
-    shutil.copytree(prepared_dir, data_dir)  # the shared fixture stays untouched
-    assert main(["extract-visual", str(data_dir), "--encoder", "tiny", "--no-progress"]) == 0
-    assert main(["train", str(data_dir), "--fold", "1", "--out", str(run), "--preset", "tiny",
-                 "--set", "train.epochs=1", "--set", "train.batch_size=4"]) == 0
-    return run / "best"
+    return trained_run / "best"
 
 
 @pytest.fixture(scope="module")

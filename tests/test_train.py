@@ -19,17 +19,15 @@ from foalnet.train.data import BalancedSampler, Collator, EmotionDataset, Item
 FAST = ["--preset", "tiny", "--set", "train.batch_size=4", "--set", "train.eval_batch_size=8"]
 
 
-def make_visual_data(prepared_dir: Path, dest: Path) -> Path:
-    """A private copy of the prepared synthetic DATA_DIR with tiny visual features extracted."""
-    if not (dest / "visual").is_dir():
-        shutil.copytree(prepared_dir, dest, dirs_exist_ok=True)
-        assert main(["extract-visual", str(dest), "--encoder", "tiny", "--no-progress"]) == 0
+def make_visual_data(visual_dir: Path, dest: Path) -> Path:
+    """A private copy of the synthetic DATA_DIR with tiny visual features (conftest's visual_dir)."""
+    shutil.copytree(visual_dir, dest, dirs_exist_ok=True)
     return dest
 
 
 @pytest.fixture(scope="module")
-def data_dir(prepared_dir, tmp_path_factory) -> Path:
-    return make_visual_data(Path(prepared_dir), tmp_path_factory.mktemp("train") / "data")
+def data_dir(visual_dir, tmp_path_factory) -> Path:
+    return make_visual_data(Path(visual_dir), tmp_path_factory.mktemp("train") / "data")
 
 
 # ----------------------------------------------------------------------------- sampler / collate

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+from foalnet.errors import UsageError
 
 MISSING = "???"  # a required value the user has not given yet (as in s3prl / omegaconf)
 
@@ -30,7 +31,7 @@ SELECT_METRICS = ("ua", "wa", "macro_f1", "loss")
 
 def _bad(component: str, problems: list[str]) -> None:
     if problems:
-        raise ValueError(f"invalid {component}: " + "; ".join(problems))
+        raise UsageError(f"invalid {component}: " + "; ".join(problems))
 
 
 @dataclass
@@ -139,7 +140,7 @@ class ExperimentConfig:
         """Raise if a required value is still MISSING (called before a run starts)."""
         missing = [f"{k}" for k, v in _flatten(self.to_dict()).items() if v == MISSING]
         if missing:
-            raise ValueError(f"required config values not set: {', '.join(missing)}")
+            raise UsageError(f"required config values not set: {', '.join(missing)}")
 
     def to_dict(self) -> dict:
         return {
@@ -152,7 +153,7 @@ class ExperimentConfig:
     def from_dict(cls, raw: dict) -> "ExperimentConfig":
         unknown = set(raw) - {"model", "data", "train"}
         if unknown:
-            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+            raise UsageError(f"unknown config sections: {sorted(unknown)}")
         return cls(
             model=_build(_model_config_cls(), raw.get("model") or {}, "model"),
             data=_build(DataConfig, raw.get("data") or {}, "data"),
@@ -183,11 +184,11 @@ class ExperimentConfig:
             key, value = _split_assignment(item)
             section, _, name = key.partition(".")
             if section not in raw or not name or "." in name:
-                raise ValueError(f"--set {item!r}: key must be model.X, data.X or train.X")
+                raise UsageError(f"--set {item!r}: key must be model.X, data.X or train.X")
             cls = {"model": _model_config_cls(), "data": DataConfig, "train": TrainConfig}[section]
             hints = _field_types(cls)
             if name not in hints:
-                raise ValueError(f"--set {item!r}: {section} has no field {name!r}")
+                raise UsageError(f"--set {item!r}: {section} has no field {name!r}")
             raw[section][name] = coerce(value, hints[name], key)
         return ExperimentConfig.from_dict(raw)
 
@@ -211,7 +212,7 @@ def preset(name: str) -> ExperimentConfig:
             cpu=True,
         )
         return ExperimentConfig(model=model_cls.tiny(), data=DataConfig(), train=train)
-    raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
+    raise UsageError(f"unknown preset {name!r}; choose from {PRESETS}")
 
 
 PRESETS = ("paper", "tiny")
@@ -253,13 +254,13 @@ def _build(cls: type, raw: dict, section: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ValueError(f"unknown {section} config keys: {unknown}")
+        raise UsageError(f"unknown {section} config keys: {unknown}")
     return cls(**raw)
 
 
 def _split_assignment(item: str) -> tuple[str, str]:
     if "=" not in item:
-        raise ValueError(f"--set {item!r}: expected key=value")
+        raise UsageError(f"--set {item!r}: expected key=value")
     key, value = item.split("=", 1)
     return key.strip(), value.strip()
 
@@ -277,24 +278,24 @@ def coerce(text: str, hint: Any, key: str = "value") -> Any:
                 return coerce(text, arg, key)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError(f"{key}={text!r}: " + " / ".join(errors))
+        raise UsageError(f"{key}={text!r}: " + " / ".join(errors))
     if hint is bool:
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{key}={text!r} is not a boolean (true/false)")
+        raise UsageError(f"{key}={text!r} is not a boolean (true/false)")
     if hint is int:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"{key}={text!r} is not an integer") from None
+            raise UsageError(f"{key}={text!r} is not an integer") from None
     if hint is float:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{key}={text!r} is not a number") from None
+            raise UsageError(f"{key}={text!r} is not a number") from None
     if hint is str:
         return text
     if origin in (list, tuple, dict) or hint in (list, dict, Any):
@@ -303,7 +304,7 @@ def coerce(text: str, hint: Any, key: str = "value") -> Any:
         if expected is tuple:
             expected = (list, tuple)
         if expected is not Any and not isinstance(value, expected):
-            raise ValueError(f"{key}={text!r} is not a {getattr(expected, '__name__', expected)}")
+            raise UsageError(f"{key}={text!r} is not a {getattr(expected, '__name__', expected)}")
         if origin is list and args and args[0] in (int, float):
             value = [coerce(str(v), args[0], key) for v in value]
         return value

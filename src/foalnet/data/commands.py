@@ -11,8 +11,9 @@ import logging
 import time
 from pathlib import Path
 
-from foalnet.data.manifest import (ManifestError, existing_preparation, read_rejected,
+from foalnet.data.manifest import (existing_preparation, read_rejected,
                                    reject_same_audio, report_rejections, save_preparation)
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         prepared.rejections.extend(repeats)
         meta = save_preparation(args.out, prepared.corpus, prepared.classes, prepared.labels,
                                 prepared.records, prepared.rejections, options)
-    except (ManifestError, ValueError, FileNotFoundError) as err:
+    except (UsageError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
     report_rejections(prepared.rejections)

@@ -32,6 +32,7 @@ from foalnet.data.manifest import Prepared, Rejection, make_record
 from foalnet.data.protocol import (CORPUS_CLASS_SETS, OWN_CLASSES, corpus_labels,
                                    speaker_folds)
 from foalnet.data.video import media_problem
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,14 @@ def parse_clip_name(name: str) -> dict:
     """Actor, sentence, emotion and level of a clip name; ValueError naming what is wrong."""
     m = CLIP_RE.match(name)
     if not m:
-        raise ValueError(f"not a CREMA-D clip name {{actor}}_{{sentence}}_{{emotion}}_{{level}}: "
+        raise UsageError(f"not a CREMA-D clip name {{actor}}_{{sentence}}_{{emotion}}_{{level}}: "
                          f"{name!r}")
     if m["sentence"] not in SENTENCES:
-        raise ValueError(f"unknown sentence code {m['sentence']!r} in {name!r}")
+        raise UsageError(f"unknown sentence code {m['sentence']!r} in {name!r}")
     if m["emotion"] not in EMOTIONS:
-        raise ValueError(f"label {m['emotion']!r} of {name!r} outside {sorted(EMOTIONS)}")
+        raise UsageError(f"label {m['emotion']!r} of {name!r} outside {sorted(EMOTIONS)}")
     if m["level"] not in LEVELS:
-        raise ValueError(f"unknown level {m['level']!r} in {name!r}")
+        raise UsageError(f"unknown level {m['level']!r} in {name!r}")
     return m.groupdict()
 
 
@@ -114,7 +115,7 @@ def read_votes(path: Path, query: str) -> dict[str, str]:
             if str(row.get("", "")).startswith(digit):
                 out[row["fileName"].strip()] = row["emoVote"].strip()
     if not out:
-        raise ValueError(f"{path}: no rows of query type {query} (row numbers {digit}xxxxx)")
+        raise UsageError(f"{path}: no rows of query type {query} (row numbers {digit}xxxxx)")
     return out
 
 
@@ -134,9 +135,9 @@ def clip_label(clip: Clip, votes: dict[str, str] | None) -> str:
         return EMOTIONS[clip.emotion]
     vote = votes.get(clip.name)
     if vote is None:
-        raise ValueError("no row in the tabulated votes")
+        raise UsageError("no row in the tabulated votes")
     if vote not in VOTE_LETTERS:
-        raise ValueError(f"crowd vote {vote!r} is a tie or unknown: not one label")
+        raise UsageError(f"crowd vote {vote!r} is a tie or unknown: not one label")
     return VOTE_LETTERS[vote]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from foalnet.data.audio import SPAN_TOLERANCE, AudioError, audio_info
 from foalnet.data.manifest import Prepared, Rejection, make_record, reject_same_audio
 from foalnet.data.protocol import IEMOCAP_LABELS, speaker_folds
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _float_or_none(value: str | None, column: str) -> float | None:
     try:
         return float(value)
     except ValueError as err:
-        raise ValueError(f"{column} {value!r} is not a number") from err
+        raise UsageError(f"{column} {value!r} is not a number") from err
 
 
 def read_rows(csv_path: Path) -> list[dict]:
@@ -50,7 +51,7 @@ def read_rows(csv_path: Path) -> list[dict]:
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}; have {columns}")
+            raise UsageError(f"{csv_path}: missing column(s) {missing}; have {columns}")
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
 
 
@@ -67,11 +68,11 @@ def _row_record(row: dict, utt_id: str, root: Path, labels: list[str] | None) ->
 
     ``labels`` None: any non-empty label (the class set is then decided from the kept rows)."""
     if not row["label"]:
-        raise ValueError("empty label")
+        raise UsageError("empty label")
     if labels is not None and row["label"] not in labels:
-        raise ValueError(f"label {row['label']!r} outside the set {labels}")
+        raise UsageError(f"label {row['label']!r} outside the set {labels}")
     if not row["speaker"]:
-        raise ValueError("empty speaker: folds and the dev split keep speakers apart, so every "
+        raise UsageError("empty speaker: folds and the dev split keep speakers apart, so every "
                          "row needs its speaker id")
     media = (root / row["path"]).resolve()
     start = _float_or_none(row.get("start"), "start")

@@ -19,6 +19,7 @@ from pathlib import Path
 from foalnet.data.audio import AudioError, audio_info
 from foalnet.data.manifest import Prepared, Rejection, make_record
 from foalnet.data.protocol import DEFAULT_CLASSES, CLASS_SETS, labels_of, map_label
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def parse_utterance_id(utt_id: str) -> dict:
     """
     m = UTT_ID_RE.match(utt_id)
     if not m:
-        raise ValueError(f"not an IEMOCAP utterance id: {utt_id!r}")
+        raise UsageError(f"not an IEMOCAP utterance id: {utt_id!r}")
     session, gender = int(m["session"]), m["gender"]
     return {
         "session": session,
@@ -146,7 +147,7 @@ def check_expected_counts(labelled: list[tuple[Utterance, str]], classes: str,
     got_labels = dict(Counter(lab for _, lab in labelled))
     got_sessions = dict(Counter(u.session for u, _ in labelled))
     if got_labels != want["labels"] or got_sessions != want["sessions"]:
-        raise ValueError(f"IEMOCAP counts for classes {classes!r} are off: labels {got_labels} "
+        raise UsageError(f"IEMOCAP counts for classes {classes!r} are off: labels {got_labels} "
                          f"(expected {want['labels']}), sessions {got_sessions} "
                          f"(expected {want['sessions']})")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from foalnet.data.files import write_text_atomic
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ MANIFEST_FIELDS = (
 )
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError):
     """A prepared DATA_DIR is missing, malformed or inconsistent with itself."""
 
 
@@ -49,10 +50,10 @@ def make_record(extra: dict[str, Any] | None = None, **fields: Any) -> dict:
     is still an error while a corpus can keep what its names say."""
     unknown = set(fields) - set(MANIFEST_FIELDS)
     if unknown:
-        raise ValueError(f"unknown manifest fields: {sorted(unknown)}")
+        raise UsageError(f"unknown manifest fields: {sorted(unknown)}")
     clash = set(extra or {}) & set(MANIFEST_FIELDS)
     if clash:
-        raise ValueError(f"extra fields {sorted(clash)} are contract fields")
+        raise UsageError(f"extra fields {sorted(clash)} are contract fields")
     return {**{name: fields.get(name) for name in MANIFEST_FIELDS}, **(extra or {})}
 
 

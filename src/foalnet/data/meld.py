@@ -30,6 +30,7 @@ from pathlib import Path
 from foalnet.data.manifest import Prepared, Rejection, make_record
 from foalnet.data.protocol import CORPUS_CLASS_SETS, OWN_CLASSES, PARTITIONS, corpus_labels
 from foalnet.data.video import media_problem
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def read_split(csv_path: Path) -> list[tuple[int, dict]]:
         reader = csv.DictReader(fh)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}")
+            raise UsageError(f"{csv_path}: missing column(s) {missing}")
         return list(enumerate(reader, 2))
 
 
@@ -78,12 +79,12 @@ def row_item(row: dict, split: str) -> tuple[str, str, str]:
     """(item id, clip file name, label) of a row; ValueError naming the bad value."""
     dialog, utt = row["Dialogue_ID"].strip(), row["Utterance_ID"].strip()
     if not (dialog.isdigit() and utt.isdigit()):
-        raise ValueError(f"Dialogue_ID {dialog!r} / Utterance_ID {utt!r} are not numbers")
+        raise UsageError(f"Dialogue_ID {dialog!r} / Utterance_ID {utt!r} are not numbers")
     emotion = row["Emotion"].strip().lower()
     if emotion not in EMOTIONS:
-        raise ValueError(f"label {emotion!r} outside {sorted(EMOTIONS)}")
+        raise UsageError(f"label {emotion!r} outside {sorted(EMOTIONS)}")
     if not row["Speaker"].strip():
-        raise ValueError("empty Speaker")
+        raise UsageError("empty Speaker")
     stem = f"dia{int(dialog)}_utt{int(utt)}"
     return f"{split}_{stem}", f"{stem}.mp4", EMOTIONS[emotion]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from foalnet.data.manifest import Prepared, Rejection, make_record
 from foalnet.data.protocol import CORPUS_CLASS_SETS, OWN_CLASSES, corpus_labels
 from foalnet.data.video import media_problem
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def parse_clip(name: str) -> dict:
     """Fields of a clip name without its prefix (S01A-F01-P-FM01); ValueError if malformed."""
     m = CLIP_RE.match(name)
     if not m:
-        raise ValueError(f"not an MSP-IMPROV clip name S..-F01-P-..: {name!r}")
+        raise UsageError(f"not an MSP-IMPROV clip name S..-F01-P-..: {name!r}")
     return m.groupdict()
 
 
@@ -95,11 +96,11 @@ def clip_media(name: str, fields: dict, media: dict) -> tuple[Path, Path]:
     for ext in (".wav", ".avi"):
         paths = media.get((name, ext), [])
         if len(paths) != 1:
-            raise ValueError(f"{len(paths)} {ext} files for {name} (need one)"
+            raise UsageError(f"{len(paths)} {ext} files for {name} (need one)"
                              + (f": {[str(p) for p in paths]}" if paths else ""))
         session = next(p for p in paths[0].parts if p.startswith("session"))
         if int(session[len("session"):]) != int(fields["session"]):
-            raise ValueError(f"{paths[0]} lies in {session}/, its name says session "
+            raise UsageError(f"{paths[0]} lies in {session}/, its name says session "
                              f"{int(fields['session'])}")
         out.append(paths[0])
     return out[0], out[1]

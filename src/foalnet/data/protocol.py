@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ IEMOCAP_LABELS = ["neu", "hap", "sad", "ang"]
 
 def class_map(classes: str) -> dict[str, str]:
     if classes not in CLASS_SETS:
-        raise ValueError(f"unknown class set {classes!r}; choose from {sorted(CLASS_SETS)}")
+        raise UsageError(f"unknown class set {classes!r}; choose from {sorted(CLASS_SETS)}")
     return CLASS_SETS[classes]
 
 
@@ -59,7 +60,7 @@ def corpus_labels(names: list[str], classes: str) -> list[str]:
     """Logit order of a corpus's class set: the four shared classes first, in IEMOCAP's order
     (so models line up across corpora), then the corpus's other emotions in its own order."""
     if classes not in CORPUS_CLASS_SETS:
-        raise ValueError(f"unknown class set {classes!r}; choose from {list(CORPUS_CLASS_SETS)}")
+        raise UsageError(f"unknown class set {classes!r}; choose from {list(CORPUS_CLASS_SETS)}")
     four = [c for c in IEMOCAP_LABELS if c in names]
     return four if classes == FOUR_CLASSES else four + [n for n in names if n not in four]
 
@@ -69,7 +70,7 @@ def block_speaker_folds(speakers: list[str], k: int) -> dict[str, int]:
     each fold two male and two female actors, the grouping its usual protocol uses)."""
     ordered = sorted(set(speakers))
     if k < 2 or len(ordered) < k:
-        raise ValueError(f"{len(ordered)} speakers cannot make {k} speaker-disjoint folds")
+        raise UsageError(f"{len(ordered)} speakers cannot make {k} speaker-disjoint folds")
     return {spk: i * k // len(ordered) + 1 for i, spk in enumerate(ordered)}
 
 
@@ -92,9 +93,9 @@ def speaker_folds(speaker_counts: dict[str, int], k: int) -> dict[str, int]:
     speaker name), the classic LPT heuristic.
     """
     if k < 2:
-        raise ValueError(f"need at least 2 folds, got {k}")
+        raise UsageError(f"need at least 2 folds, got {k}")
     if len(speaker_counts) < k:
-        raise ValueError(f"{len(speaker_counts)} speakers cannot make {k} speaker-disjoint folds")
+        raise UsageError(f"{len(speaker_counts)} speakers cannot make {k} speaker-disjoint folds")
     sizes = [0] * k
     out: dict[str, int] = {}
     for spk, n in sorted(speaker_counts.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -116,7 +117,7 @@ class FoldSplit:
 def _draw_dev_speakers(train_pool: list[dict], dev_speakers: int, seed: int) -> set[str]:
     speakers = sorted({r["speaker"] for r in train_pool})
     if dev_speakers >= len(speakers):
-        raise ValueError(f"cannot hold out {dev_speakers} dev speaker(s): the training folds "
+        raise UsageError(f"cannot hold out {dev_speakers} dev speaker(s): the training folds "
                          f"have only {len(speakers)} speakers")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(speakers), size=dev_speakers, replace=False)
@@ -133,7 +134,7 @@ def split_fold(records: list[dict], test_fold: int, dev_speakers: int = 1,
     """
     test = [r for r in records if int(r["fold"]) == int(test_fold)]
     if not test:
-        raise ValueError(f"no records in test fold {test_fold}; folds are {folds_of(records)}")
+        raise UsageError(f"no records in test fold {test_fold}; folds are {folds_of(records)}")
     pool = [r for r in records if int(r["fold"]) != int(test_fold)]
     if _has_partition(records):
         return _official_split(test, pool, test_fold, dev_speakers)
@@ -156,7 +157,7 @@ def _official_split(test: list[dict], pool: list[dict], test_fold: int,
     """The corpus's own train/dev/test (MELD): dev = the dev partition, not drawn speakers
     (its speakers recur across partitions: not speaker-independent, and said so)."""
     if any(r.get("partition") != "test" for r in test):
-        raise ValueError(f"fold {test_fold} is not the official test partition; this corpus "
+        raise UsageError(f"fold {test_fold} is not the official test partition; this corpus "
                          "has one test fold (see prepare.json)")
     dev = [r for r in pool if r.get("partition") == "dev"] if dev_speakers > 0 else []
     train = [r for r in pool if r.get("partition") == "train" or (r.get("partition") == "dev"

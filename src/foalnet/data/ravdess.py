@@ -27,6 +27,7 @@ from foalnet.data.manifest import Prepared, Rejection, make_record
 from foalnet.data.protocol import (CORPUS_CLASS_SETS, OWN_CLASSES, block_speaker_folds,
                                    corpus_labels)
 from foalnet.data.video import media_problem
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +51,21 @@ def parse_name(path: Path) -> dict:
     """The seven fields of a file name, checked; ValueError naming the bad field."""
     m = NAME_RE.match(path.stem)
     if not m:
-        raise ValueError(f"not a RAVDESS name MM-VV-EE-II-SS-RR-AA: {path.name!r}")
+        raise UsageError(f"not a RAVDESS name MM-VV-EE-II-SS-RR-AA: {path.name!r}")
     modality, channel, emotion, intensity, statement, repetition, actor = m.groups()
     checks = (("modality", modality, MODALITY_EXT), ("vocal channel", channel, CHANNELS),
               ("emotion", emotion, EMOTIONS), ("intensity", intensity, INTENSITY),
               ("statement", statement, STATEMENT), ("repetition", repetition, ("01", "02")))
     for what, value, allowed in checks:
         if value not in allowed:
-            raise ValueError(f"{what} {value!r} of {path.name!r} outside {sorted(allowed)}")
+            raise UsageError(f"{what} {value!r} of {path.name!r} outside {sorted(allowed)}")
     if path.suffix.lower() != MODALITY_EXT[modality]:
-        raise ValueError(f"modality {modality} of {path.name!r} needs a "
+        raise UsageError(f"modality {modality} of {path.name!r} needs a "
                          f"{MODALITY_EXT[modality]} file")
     if not 1 <= int(actor) <= 24:
-        raise ValueError(f"actor {actor!r} of {path.name!r} outside 01-24")
+        raise UsageError(f"actor {actor!r} of {path.name!r} outside 01-24")
     if path.parent.name != f"Actor_{actor}":
-        raise ValueError(f"{path.name!r} is in {path.parent.name}/, not Actor_{actor}/")
+        raise UsageError(f"{path.name!r} is in {path.parent.name}/, not Actor_{actor}/")
     return {"modality": modality, "channel": channel, "emotion": emotion,
             "intensity": intensity, "statement": statement, "repetition": repetition,
             "actor": actor, "key": "-".join(m.groups()[1:])}

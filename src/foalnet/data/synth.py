@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from foalnet.errors import UsageError
 
 SR = 16000
 FPS = 30
@@ -527,7 +528,7 @@ def generate(out_dir: str | Path, seed: int = 0, size: str = "small",
              workers: int | None = None) -> dict:
     """Write OUT_DIR/IEMOCAP_full_release; returns a summary (root, counts)."""
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+        raise UsageError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     root = _prepare_root(Path(out_dir))
     workers = workers or min(2, os.cpu_count() or 1)
     sessions = range(1, 6)

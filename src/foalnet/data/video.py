@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from foalnet.data.files import FileProblem
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def walk_spans(path: str | os.PathLike, spans: Sequence[tuple[float | None, floa
     """
     seek_gap = SEEK_GAP if seek_gap is None else seek_gap
     if fps is not None and fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+        raise UsageError(f"fps must be positive, got {fps}")
     states = _normalise_spans(spans)
     for i, s in enumerate(states):
         if s.end <= s.start:
@@ -410,7 +411,7 @@ def resolve_crop(crop: str, side: str | None) -> str:
         return f"face:{region}"
     if crop in ("left", "right", "full"):
         return crop
-    raise ValueError(f"unknown crop {crop!r}; expected side, left, right, full or face")
+    raise UsageError(f"unknown crop {crop!r}; expected side, left, right, full or face")
 
 
 def crop_region(image: np.ndarray, region: str) -> np.ndarray:

@@ -27,6 +27,7 @@ import torch
 
 from foalnet.features.store import AudioFrontendStore, CacheReport, feature_key
 from foalnet.features.workers import Workers, finish_shared, open_shared
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def build_audio_cache(data_dir: str | os.PathLike, model, records: Iterable[dict
     workers = workers or Workers()
     store = open_audio_store(data_dir, model, shard=workers.shard)
     if store is None:
-        raise ValueError(f"audio encoder {model.config.audio_encoder!r} has no fixed front end to cache "
+        raise UsageError(f"audio encoder {model.config.audio_encoder!r} has no fixed front end to cache "
                          "(its CNN trains, or it normalises over padded time)")
     open_shared(store, workers)
     records = workers.take(list(records))

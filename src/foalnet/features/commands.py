@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,6 @@ PAPER_ENCODER = "openai/clip-vit-large-patch14"
 
 def run_extract_visual(args: argparse.Namespace) -> int:
     """0 all served, 1 some items failed (listed in rejected.jsonl), 2 usage/setup error."""
-    from foalnet.data.manifest import ManifestError
     from foalnet.features.base import FeatureError, build_visual_encoder
     from foalnet.features.extract import extract_visual
     from foalnet.features.workers import Workers
@@ -39,7 +39,7 @@ def run_extract_visual(args: argparse.Namespace) -> int:
         report = extract_visual(args.data_dir, encoder, crop=args.crop,
                                 batch_size=args.batch_size, fps=args.fps,
                                 progress=not args.no_progress, workers=workers)
-    except (FeatureError, ManifestError, ImportError, ValueError) as err:
+    except (FeatureError, UsageError, ImportError) as err:
         log.error("%s", err)
         return 2
     finally:

@@ -25,6 +25,7 @@ import numpy as np
 
 from foalnet.features.audio_cache import fingerprint_hash, item_key
 from foalnet.features.store import CacheReport, FeatureStore
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,12 @@ def functionals(smile, wave: np.ndarray, sample_rate: int) -> np.ndarray:
     openSMILE fills a segment shorter than its analysis windows with NaN (and warns); that is
     an item we cannot describe, so it is an error naming the length, not a NaN row in the SVM."""
     if len(wave) == 0:
-        raise ValueError("no audio samples in the item's span")
+        raise UsageError("no audio samples in the item's span")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         values = smile.process_signal(wave, sample_rate).to_numpy(dtype=np.float32)
     if values.shape[0] != 1 or not np.isfinite(values).all():
-        raise ValueError(f"openSMILE gave no finite functionals ({len(wave) / sample_rate:.3f} s "
+        raise UsageError(f"openSMILE gave no finite functionals ({len(wave) / sample_rate:.3f} s "
                          "of audio: too short for its analysis windows?)")
     return values
 

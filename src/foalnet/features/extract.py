@@ -24,6 +24,7 @@ from foalnet.data.video import (FaceCropper, SpanClosed, SpanFrame, VideoError, 
 from foalnet.features.base import VisualEncoder
 from foalnet.features.store import VisualFeatureStore, feature_key, store_slug
 from foalnet.features.workers import Workers, finish_shared, open_shared
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class SpanEmbedder:
     def __init__(self, encoder: VisualEncoder, regions: Sequence[str], batch_size: int = 32,
                  face: FaceCropper | None = None):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.encoder, self.regions, self.batch_size, self.face = encoder, regions, batch_size, face
         self.embedded_frames = 0
         self._refs: dict[int, list[Ref]] = defaultdict(list)
@@ -160,7 +161,7 @@ def embed_video(path: str | os.PathLike, encoder: VisualEncoder, crop: str = "fu
     elif crop in CLI_CROPS:
         region = resolve_crop(crop, None)
     else:
-        raise ValueError(f"unknown crop {crop!r}; expected one of {', '.join(CLI_CROPS)}")
+        raise UsageError(f"unknown crop {crop!r}; expected one of {', '.join(CLI_CROPS)}")
     face = _face_cropper("face" if region.startswith("face:") else crop)
     embedder = SpanEmbedder(encoder, [region], batch_size, face)
     results: list[tuple[int, np.ndarray | str]] = []
@@ -294,12 +295,12 @@ def extract_visual(data_dir: str | os.PathLike, encoder: VisualEncoder, crop: st
     from tqdm.auto import tqdm
 
     if crop not in CLI_CROPS:
-        raise ValueError(f"unknown crop {crop!r}; expected one of {', '.join(CLI_CROPS)}")
+        raise UsageError(f"unknown crop {crop!r}; expected one of {', '.join(CLI_CROPS)}")
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     records = _read_records(data_dir)
     if records and not any(rec.get("video") for rec in records):
-        raise ValueError(f"{data_dir}: no record of the manifest has a video (an audio-only "
+        raise UsageError(f"{data_dir}: no record of the manifest has a video (an audio-only "
                          "corpus): nothing to extract; train it with --modality audio")
     face = _face_cropper(crop)
     meta = frame_settings(encoder, crop, fps, face)

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from foalnet.features.base import VisualEncoder
+from foalnet.errors import UsageError
 
 GREY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
 
@@ -50,7 +51,7 @@ class TinyVisualEncoder(VisualEncoder):
     def __init__(self, name: str = "tiny", device: str = "cpu", size: int = 32, dim: int = 128,
                  fraction: float = 1.0, seed: int = 0):
         if size < 4 or dim < 1 or not 0 < fraction <= 1:
-            raise ValueError(f"tiny encoder: bad size={size}, dim={dim} or fraction={fraction}")
+            raise UsageError(f"tiny encoder: bad size={size}, dim={dim} or fraction={fraction}")
         self.name = name
         self.dim = dim
         self.size = size
@@ -69,7 +70,7 @@ class TinyVisualEncoder(VisualEncoder):
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """frames (N, H, W, 3) uint8 -> (N, 128) float32."""
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected (N, H, W, 3) frames, got {frames.shape}")
+            raise UsageError(f"expected (N, H, W, 3) frames, got {frames.shape}")
         return self.embed_images(list(frames))
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:

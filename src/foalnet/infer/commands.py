@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         check_window(args.window, args.hop)
-    except ValueError as err:
+    except UsageError as err:
         return usage(str(err))
     if not (args.max_upload_mb > 0 and args.max_duration > 0 and 0 < args.port < 65536):
         return usage("--max-upload-mb and --max-duration must be > 0, --port in 1..65535")
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         check_window(args.window, args.hop)
-    except ValueError as err:
+    except UsageError as err:
         return _usage(str(err))
     if args.inputs:
         sources = [Source(p, p, p) for p in expand_inputs(args.inputs)]
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage(str(err))
     try:
         crop = predictor.resolve_crop(args.crop)  # resolved once: its warning is printed once
-    except ValueError as err:
+    except UsageError as err:
         return _usage(str(err))
     results = predictor.iter_predict(sources, crop=crop, window=args.window, hop=args.hop)
     if args.out is None:

@@ -19,6 +19,7 @@ import soxr
 
 from foalnet.data.audio import iter_mono_chunks
 from foalnet.data.files import FileProblem
+from foalnet.errors import UsageError
 
 
 class MediaError(FileProblem, RuntimeError):
@@ -172,7 +173,7 @@ def window_starts(duration: float, window: float, hop: float) -> list[float]:
     previous one's tail; a recording shorter than one window gives one window.
     """
     if window <= 0 or hop <= 0:
-        raise ValueError(f"window and hop must be > 0 seconds, got window={window} hop={hop}")
+        raise UsageError(f"window and hop must be > 0 seconds, got window={window} hop={hop}")
     n = 1 + max(0, math.ceil((duration - window) / hop - 1e-9))
     return [round(i * hop, 6) for i in range(n)]
 

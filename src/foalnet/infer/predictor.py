@@ -30,6 +30,7 @@ import torch
 from foalnet.infer.media import (MediaError, MediaInfo, audio_length, iter_audio_spans, probe, read_audio,
                                 window_starts)
 from foalnet.data.padding import pad_sequences  # the same padding and masks as training
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Predictor:
         model_dir: str | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.config = model.config
         self.device = torch.device(device)
@@ -293,7 +294,7 @@ class Predictor:
             try:
                 import cv2  # noqa: F401  (the face detector of data/video.py)
             except ImportError as err:
-                raise ValueError("crop 'face' needs OpenCV: pip install 'foalnet[face]'") from err
+                raise UsageError("crop 'face' needs OpenCV: pip install 'foalnet[face]'") from err
         if crop is None:
             recorded = self.settings.get("crop")
             if "video" in self.modalities and recorded not in (None, *CROPS):
@@ -305,7 +306,7 @@ class Predictor:
                 )
             return self.default_crop
         if crop not in CROPS:
-            raise ValueError(f"unknown crop {crop!r}; expected one of {', '.join(CROPS)}")
+            raise UsageError(f"unknown crop {crop!r}; expected one of {', '.join(CROPS)}")
         return crop
 
     def _probe(self, job: _Job) -> tuple[MediaInfo | None, MediaInfo | None]:
@@ -481,13 +482,13 @@ def check_window(window: float | None, hop: float | None) -> tuple[float | None,
     """Validate --window/--hop: hop needs a window; hop defaults to the window."""
     if window is None:
         if hop is not None:
-            raise ValueError("hop given without window")
+            raise UsageError("hop given without window")
         return None, None
     if not (window > 0 and math.isfinite(window)):
-        raise ValueError(f"window must be a positive number of seconds, got {window}")
+        raise UsageError(f"window must be a positive number of seconds, got {window}")
     hop = window if hop is None else hop
     if not (hop > 0 and math.isfinite(hop)):
-        raise ValueError(f"hop must be a positive number of seconds, got {hop}")
+        raise UsageError(f"hop must be a positive number of seconds, got {hop}")
     return float(window), float(hop)
 
 
@@ -510,13 +511,13 @@ def make_sources(
     audios, single_a = _as_list(audio)
     videos, single_v = _as_list(video)
     if paths and (audios or videos):
-        raise ValueError("give input paths, or audio/video pairs, not both")
+        raise UsageError("give input paths, or audio/video pairs, not both")
     if paths:
         return [Source(p, p, p) for p in paths], single
     if not audios and not videos:
-        raise ValueError("nothing to predict: no input path, no audio and no video")
+        raise UsageError("nothing to predict: no input path, no audio and no video")
     if audios and videos and len(audios) != len(videos):
-        raise ValueError(f"{len(audios)} audio files but {len(videos)} video files: pair them one to one")
+        raise UsageError(f"{len(audios)} audio files but {len(videos)} video files: pair them one to one")
     n = max(len(audios), len(videos))
     audios = audios or [None] * n
     videos = videos or [None] * n

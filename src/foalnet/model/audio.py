@@ -33,6 +33,7 @@ from torch import nn
 
 from foalnet.data.files import write_text_atomic
 from foalnet.model.wavlm_packed import packed_encoder_forward, supports_packed
+from foalnet.errors import UsageError
 
 # name -> "module:attr"; attr is a class or a builder taking **options and returning an encoder.
 AUDIO_ENCODERS: dict[str, str] = {
@@ -85,7 +86,7 @@ class HFAudioEncoder(nn.Module):
         super().__init__()
         for attr in ("feature_extractor", "_get_feat_extract_output_lengths", "config"):
             if not hasattr(model, attr):
-                raise ValueError(
+                raise UsageError(
                     f"audio encoder {type(model).__name__} is not a wav2vec2-family model (no {attr})"
                 )
         self.model = model
@@ -254,7 +255,7 @@ def build_audio_encoder(
 def configure_audio_encoder(encoder: nn.Module, freeze: bool = True, checkpointing: bool = False) -> nn.Module:
     """Check the interface; freeze the CNN / enable checkpointing of a transformers encoder."""
     if not isinstance(getattr(encoder, "hidden_size", None), int):
-        raise ValueError(f"audio encoder {type(encoder).__name__} has no int attribute hidden_size")
+        raise UsageError(f"audio encoder {type(encoder).__name__} has no int attribute hidden_size")
     if isinstance(encoder, HFAudioEncoder):
         if freeze:
             encoder.freeze_feature_encoder()
@@ -286,12 +287,12 @@ def load_audio_encoder(
     if "registry_name" in saved:
         name = saved["registry_name"]
         if name not in AUDIO_ENCODERS:
-            raise ValueError(f"{path}: unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
+            raise UsageError(f"{path}: unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
         encoder = _resolve(AUDIO_ENCODERS[name])(**saved.get("options", {}))
     elif "model_type" in saved:
         encoder = hf_encoder_from_config(str(Path(folder)))  # a local folder: no download
     else:
-        raise ValueError(f"{path}: neither a transformers config nor a registry entry")
+        raise UsageError(f"{path}: neither a transformers config nor a registry entry")
     return configure_audio_encoder(encoder, freeze_feature_encoder, gradient_checkpointing)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def run_import_reference(args: argparse.Namespace) -> int:
     try:
         model = import_reference(args.state_dict, args.audio_encoder, args.out,
                                  fusion_heads=args.fusion_heads, visual_encoder=args.visual_encoder)
-    except (OSError, ValueError) as err:
+    except (OSError, UsageError) as err:
         log.error("import-reference failed: %s", err)
         return 1
     n = sum(p.numel() for p in model.parameters())

@@ -36,6 +36,7 @@ from foalnet.model.audio import (
 from foalnet.model.distributed import gather_batch
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
 from foalnet.model.packing import Packing
+from foalnet.errors import UsageError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -80,7 +81,7 @@ class FoalNetConfig:
     def __post_init__(self) -> None:
         problems = self._problems()
         if problems:
-            raise ValueError("invalid FoalNetConfig: " + "; ".join(problems))
+            raise UsageError("invalid FoalNetConfig: " + "; ".join(problems))
 
     def _problems(self) -> list[str]:
         p: list[str] = []
@@ -136,7 +137,7 @@ class FoalNetConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"model_type", "foalnet_version"})
         if unknown:
-            raise ValueError(f"unknown FoalNetConfig fields: {unknown}")
+            raise UsageError(f"unknown FoalNetConfig fields: {unknown}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -187,7 +188,7 @@ class CrossAttentionLayer(nn.Module):
     def __init__(self, query_dim: int, key_dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if query_dim % num_heads:
-            raise ValueError(f"fusion_heads={num_heads} does not divide the query width {query_dim}")
+            raise UsageError(f"fusion_heads={num_heads} does not divide the query width {query_dim}")
         self.num_heads = num_heads
         self.q_proj = nn.Linear(query_dim, query_dim)
         self.k_proj = nn.Linear(key_dim, query_dim)
@@ -409,7 +410,7 @@ class FoalNet(nn.Module):
         """[B,T,D], [B,T] -> video with padded frames zeroed, mask [B,T] bool."""
         B, T, D = video.shape
         if D != self.video_dim:
-            raise ValueError(f"video embeddings have dim {D}, the model expects video_dim={self.video_dim}")
+            raise UsageError(f"video embeddings have dim {D}, the model expects video_dim={self.video_dim}")
         video_mask = video_mask.bool()
         video = video.to(self.classifier.weight.dtype)  # cached fp16 -> model dtype
         return zero_padding(self.feature_dropout(video), video_mask), video_mask
@@ -597,4 +598,4 @@ class FoalNet(nn.Module):
 
 def _require(x: torch.Tensor | None, name: str, mask: torch.Tensor | None, mask_name: str) -> None:
     if x is None or mask is None:
-        raise ValueError(f"this model needs {name} and {mask_name} (got None)")
+        raise UsageError(f"this model needs {name} and {mask_name} (got None)")

@@ -25,6 +25,7 @@ import torch
 
 from foalnet.model.audio import AUDIO_ENCODERS, build_audio_encoder, configure_audio_encoder, hf_encoder_from_config
 from foalnet.model.foalnet import FoalNet, FoalNetConfig
+from foalnet.errors import UsageError
 
 REFERENCE_LABELS = ["hap", "neu", "sad", "ang"]
 
@@ -52,12 +53,12 @@ def load_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises pickle/Key/EOF/Runtime errors on junk: name the file
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+        raise UsageError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or "cls_head.weight" not in {k.removeprefix("module.") for k in state}:
-        raise ValueError(f"{path}: not a Foal-Net MultiTaskModel state dict (no cls_head.weight)")
+        raise UsageError(f"{path}: not a Foal-Net MultiTaskModel state dict (no cls_head.weight)")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -107,7 +108,7 @@ def reference_config(state: dict[str, torch.Tensor], audio_encoder: str, *, fusi
     num_classes = state["cls_head.weight"].shape[0]
     labels = list(labels) if labels else REFERENCE_LABELS
     if len(labels) != num_classes:
-        raise ValueError(f"cls_head has {num_classes} classes but labels are {labels}")
+        raise UsageError(f"cls_head has {num_classes} classes but labels are {labels}")
     layers = {int(m.group(1)) for k in state if (m := re.match(r"a2v\.(\d+)\.", k))}
     return FoalNetConfig(
         labels=labels, modality="av", use_avel=True, use_mem=True, audio_encoder=audio_encoder,
@@ -135,13 +136,13 @@ def import_reference(state_dict_path: str | Path, audio_encoder: str, out_dir: s
     try:
         result = model.load_state_dict(mapped, strict=False)
     except RuntimeError as err:  # shape mismatch
-        raise ValueError(f"{state_dict_path}: does not fit audio encoder {audio_encoder!r}: {err}") from err
+        raise UsageError(f"{state_dict_path}: does not fit audio encoder {audio_encoder!r}: {err}") from err
     problems = []
     if unmapped or result.unexpected_keys:
         problems.append(f"unexpected keys {sorted(unmapped + list(result.unexpected_keys))[:10]}")
     if result.missing_keys:
         problems.append(f"missing keys {sorted(result.missing_keys)[:10]}")
     if problems:
-        raise ValueError(f"{state_dict_path}: does not match audio encoder {audio_encoder!r}: " + "; ".join(problems))
+        raise UsageError(f"{state_dict_path}: does not match audio encoder {audio_encoder!r}: " + "; ".join(problems))
     model.save_pretrained(out_dir)
     return model

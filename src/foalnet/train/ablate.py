@@ -21,6 +21,7 @@ from foalnet.train.cv import fold_predictions, run_cv, run_seeds
 from foalnet.train.loop import tagged
 from foalnet.train.metrics import BOOTSTRAP_METHOD, paired_bootstrap_ua
 from foalnet.train.svm import SVM_ROW, run_svm_cv
+from foalnet.errors import UsageError
 
 # row name -> (modality, use_avel, use_mem, paper UA %, paper WA %)  (spec §6)
 ROWS: dict[str, tuple[str, bool, bool, float, float]] = {
@@ -53,7 +54,7 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, rows: list[str] | N
     rows = rows or [*ROWS, SVM_ROW]  # + the classical baseline (not a paper row)
     unknown = [r for r in rows if r not in ROWS and r != SVM_ROW]
     if unknown:
-        raise ValueError(f"unknown ablation rows {unknown}; choose from {[*ROWS, SVM_ROW]}")
+        raise UsageError(f"unknown ablation rows {unknown}; choose from {[*ROWS, SVM_ROW]}")
     out_dir = Path(out_dir)
     accelerator = accelerator or resolve_accelerator(cfg)
     results = {}

@@ -14,6 +14,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from foalnet.data.files import FileProblem
+from foalnet.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +52,7 @@ def build_config(args: argparse.Namespace):
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU)")
+            raise UsageError("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU)")
         train = replace(train, cpu=False)
     if getattr(args, "save_last", False):
         train = replace(train, save_last=True)
@@ -65,7 +68,7 @@ def _parse_folds(text: str | None) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--folds {text!r}: expected comma-separated integers like 1,2,3") from None
+        raise UsageError(f"--folds {text!r}: expected comma-separated integers like 1,2,3") from None
 
 
 def _parse_seeds(text: str | None, overrides: list[str]) -> list[int] | None:
@@ -73,14 +76,14 @@ def _parse_seeds(text: str | None, overrides: list[str]) -> list[int] | None:
     if not text:
         return None
     if any(item.split("=", 1)[0].strip() == "train.seed" for item in overrides):
-        raise ValueError("--seeds and --set train.seed: give one of them (each seed of --seeds "
+        raise UsageError("--seeds and --set train.seed: give one of them (each seed of --seeds "
                          "is a train.seed)")
     try:
         seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected comma-separated integers like 1,2,3") from None
+        raise UsageError(f"--seeds {text!r}: expected comma-separated integers like 1,2,3") from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {text!r}: expected distinct integers like 1,2,3")
+        raise UsageError(f"--seeds {text!r}: expected distinct integers like 1,2,3")
     return seeds
 
 
@@ -118,7 +121,7 @@ def _guard(func):
         except TrainingDiverged as err:
             log.error("training stopped: %s", err)
             return 1
-        except (ValueError, FileNotFoundError) as err:
+        except (UsageError, FileProblem, FileNotFoundError) as err:
             log.error("%s", err)
             return 2
 
@@ -152,7 +155,7 @@ def refuse_settings_on_resume(args: argparse.Namespace) -> None:
              "--keep-checkpoints": getattr(args, "keep_checkpoints", None) is not None}
     flags = [flag for flag, present in given.items() if present]
     if flags:
-        raise ValueError(f"{', '.join(flags)}: not applicable to --resume RUN_DIR, which continues "
+        raise UsageError(f"{', '.join(flags)}: not applicable to --resume RUN_DIR, which continues "
                          "with its saved config.yaml; start a new --out for other settings")
 
 
@@ -172,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train_fold(cfg, run_dir, resume=True)
         return _finish("training", run_dir, summary["skipped_items"])
     if not args.data_dir or args.fold is None or not args.out:
-        raise ValueError("foalnet train needs DATA_DIR --fold K --out RUN_DIR (or --resume RUN_DIR)")
+        raise UsageError("foalnet train needs DATA_DIR --fold K --out RUN_DIR (or --resume RUN_DIR)")
     cfg = build_config(args)
     if args.resume:  # train_fold continues with the saved config: it must be this one
         from foalnet.train.cv import check_same_config
@@ -201,12 +204,12 @@ def refuse_row_settings(modality: str | None, overrides: list[str]) -> None:
     from foalnet.train.ablate import ROW_FIELDS
 
     if modality:
-        raise ValueError(f"--modality {modality} does not apply to ablate/demo: each row sets its "
+        raise UsageError(f"--modality {modality} does not apply to ablate/demo: each row sets its "
                          "modality; choose rows with --rows (e.g. --rows audio_only,video_only)")
     keys = [item.split("=", 1)[0].strip() for item in overrides]
     fixed = [k for k in keys if k in ROW_FIELDS]
     if fixed:
-        raise ValueError(f"--set {', '.join(fixed)} does not apply to ablate/demo: each row sets "
+        raise UsageError(f"--set {', '.join(fixed)} does not apply to ablate/demo: each row sets "
                          f"{', '.join(ROW_FIELDS)}; choose rows with --rows")
 
 
@@ -241,7 +244,7 @@ def _parse_grid(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers like 0.1,1,10") from None
+        raise UsageError(f"{flag} {text!r}: expected comma-separated numbers like 0.1,1,10") from None
 
 
 @_guard
@@ -250,7 +253,7 @@ def cmd_svm(args: argparse.Namespace) -> int:
     from foalnet.train.svm import SvmSettings, run_svm_cv
 
     if args.sample_rate is not None and args.sample_rate <= 0:
-        raise ValueError(f"--sample-rate {args.sample_rate}: must be a positive rate in Hz")
+        raise UsageError(f"--sample-rate {args.sample_rate}: must be a positive rate in Hz")
     settings = SvmSettings(speaker_norm=args.speaker_norm, c_grid=_parse_grid(args.c_grid, "--c-grid"),
                            gamma_grid=_parse_grid(args.gamma_grid, "--gamma-grid"),
                            inner_folds=args.inner_folds)
@@ -346,7 +349,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ------------------------------------------------- extract-audio (the model's front end, cached)
 def run_extract_audio(args: argparse.Namespace) -> int:
     """0 all cached, 1 some items failed (listed in rejected.jsonl), 2 usage/setup error."""
-    from foalnet.data.manifest import ManifestError, read_manifest
+    from foalnet.data.manifest import read_manifest
     from foalnet.features.audio_cache import build_audio_cache
     from foalnet.features.base import FeatureError
     import torch
@@ -365,7 +368,7 @@ def run_extract_audio(args: argparse.Namespace) -> int:
         model = FoalNet(cfg.model).to(workers.device(args.device))
         store, report = build_audio_cache(args.data_dir, model, read_manifest(args.data_dir),
                                           progress=not args.no_progress, workers=workers)
-    except (FeatureError, ManifestError, ValueError, OSError) as err:
+    except (FeatureError, UsageError, OSError) as err:
         log.error("%s", err)
         return 2
     finally:

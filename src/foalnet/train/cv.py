@@ -30,6 +30,7 @@ from foalnet.train.loop import tagged
 from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
                                    bootstrap_cv, metrics_from_confusion, plot_confusion)
 from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, train_fold
+from foalnet.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def check_folders(cfg: ExperimentConfig, cv_dir: Path, folds: list[int] | None) 
     folds = folds or available
     unknown = sorted(set(folds) - set(available))
     if unknown:
-        raise ValueError(f"folds {unknown} are not in the manifest (folds: {available})")
+        raise UsageError(f"folds {unknown} are not in the manifest (folds: {available})")
     for fold in folds:
         check_same_config(cv_dir / f"fold{fold}", replace(cfg, data=replace(cfg.data, fold=fold)))
     return folds
@@ -99,7 +100,7 @@ def check_layout(cv_dir: Path, seeded: bool) -> None:
     if found:
         kind = "a single-seed cross-validation" if seeded else "a cross-validation over seeds"
         hint = "run without --seeds" if seeded else "pass the same --seeds"
-        raise ValueError(f"{cv_dir} holds {kind} ({', '.join(found)}): {hint}, or choose a new --out")
+        raise UsageError(f"{cv_dir} holds {kind} ({', '.join(found)}): {hint}, or choose a new --out")
 
 
 def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
@@ -114,7 +115,7 @@ def run_seeds(cfg: ExperimentConfig, out_dir: str | Path, seeds: list[int],
     from foalnet.train.run import resolve_accelerator
 
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {seeds}: give distinct integers like 1,2,3")
+        raise UsageError(f"--seeds {seeds}: give distinct integers like 1,2,3")
     out_dir = Path(out_dir)
     accelerator = accelerator or resolve_accelerator(cfg)
     check_layout(out_dir, seeded=True)
@@ -319,7 +320,7 @@ def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
         return
     diffs = config_differences(ExperimentConfig.load_yaml(path).to_dict(), cfg.to_dict())
     if diffs:
-        raise ValueError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}): "
+        raise UsageError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}): "
                          "resume only with the same config, or choose a new --out")
 
 

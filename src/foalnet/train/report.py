@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from foalnet.data.files import write_text_atomic
+from foalnet.errors import UsageError
 
 REPORT_FILE = "report.html"
 METRIC_NAMES = (("ua", "UA"), ("wa", "WA"), ("macro_f1", "macro-F1"))
@@ -41,7 +42,7 @@ def folder_kind(folder: Path) -> str:
         return "ablation"
     path = folder / "summary.json"
     if not path.is_file():
-        raise ValueError(f"{folder}: no summary.json or ablation.json: not a complete run, cv, "
+        raise UsageError(f"{folder}: no summary.json or ablation.json: not a complete run, cv, "
                          "seeds or ablation folder (run foalnet train/cv/ablate first)")
     summary = _json(path)
     if "seeds" in summary:
@@ -50,7 +51,7 @@ def folder_kind(folder: Path) -> str:
         return "run"
     if "folds" in summary:
         return "cv"
-    raise ValueError(f"{path}: not a summary written by foalnet train, cv or ablate")
+    raise UsageError(f"{path}: not a summary written by foalnet train, cv or ablate")
 
 
 def run_config(run_dir: Path) -> dict:

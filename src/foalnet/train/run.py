@@ -40,6 +40,7 @@ from foalnet.train.checkpoint import (
 from foalnet.train.data import BalancedSampler, Collator, EmotionDataset, steps_per_epoch
 from foalnet.train.loop import Engine, Hooks, build_optimizer, build_scheduler
 from foalnet.train.metrics import plot_confusion
+from foalnet.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def open_visual_store(cfg: ExperimentConfig):
         return VisualFeatureStore.open(data_dir, encoder=cfg.data.visual_encoder)
     except FeatureError as err:
         found = err.reason.split(";")[0]  # the store's own hint is replaced by the full one below
-        raise ValueError(
+        raise UsageError(
             f"{data_dir}: modality {cfg.model.modality!r} needs cached visual features, but "
             f"{err.path}: {found}. Run `foalnet extract-visual {data_dir}` first, "
             "or train on audio only with `--modality audio`") from None
@@ -264,10 +265,10 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
         logger.info("%s is already complete (%s): nothing to resume", run_dir, SUMMARY_FILE)
         return json.loads((run_dir / SUMMARY_FILE).read_text())
     if not resume and ((run_dir / "checkpoints").is_dir() or is_complete(run_dir)):
-        raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, "
+        raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it, "
                          "or choose a new --out")
     if cfg.data.fold is None:
-        raise ValueError("data.fold is not set: pass --fold K")
+        raise UsageError("data.fold is not set: pass --fold K")
     started = time.time()
     acc = accelerator or resolve_accelerator(cfg)
     set_seed(cfg.train.seed)
@@ -334,7 +335,7 @@ def _initial_state(acc, run_dir: Path, resume: bool, sampler: BalancedSampler) -
         state = load_checkpoint(acc, latest)
     except RuntimeError as err:  # e.g. size mismatch: the model code/defaults changed since
         detail = str(err).strip().splitlines()[-1].strip()
-        raise ValueError(f"{latest}: checkpoint does not fit the model built from "
+        raise UsageError(f"{latest}: checkpoint does not fit the model built from "
                          f"{run_dir / CONFIG_FILE} ({detail}); start a new --out") from err
     sampler.load_state_dict(state.sampler)
     acc.print(f"resumed from {latest} (epoch {state.epoch + 1}, step {state.step_in_epoch})")

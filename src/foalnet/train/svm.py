@@ -35,6 +35,7 @@ import numpy as np
 from foalnet.data.files import write_text_atomic
 from foalnet.features.egemaps import EgemapsSettings, EgemapsStore, build_egemaps_cache
 from foalnet.train.metrics import classification_metrics, plot_confusion
+from foalnet.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class SvmSettings:
         if self.inner_folds < 2:
             problems.append(f"inner_folds={self.inner_folds} must be >= 2")
         if problems:
-            raise ValueError("invalid svm settings: " + "; ".join(problems))
+            raise UsageError("invalid svm settings: " + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------- features
@@ -176,7 +177,7 @@ def run_svm_cv(data_dir: str | Path, out_dir: str | Path, folds: list[int] | Non
     folds = folds or available
     unknown = sorted(set(folds) - set(available))
     if unknown:
-        raise ValueError(f"folds {unknown} are not in the manifest (folds: {available})")
+        raise UsageError(f"folds {unknown} are not in the manifest (folds: {available})")
     store, report = build_egemaps_cache(data_dir, records, features, progress=progress)
     log.info("%s", report.summary())
     failed = {r["id"]: f"egemaps: {r['path']}: {r['reason']}" for r in report.rejected}
@@ -204,7 +205,7 @@ def run_fold(X: np.ndarray, kept: list[dict], records: list[dict], failed: dict[
     tr = np.array([row_of[i] for i in train_ids], dtype=np.int64)
     y_train = np.array([index[kept[i]["label"]] for i in tr], dtype=np.int64)
     if len(set(y_train.tolist())) < 2:
-        raise ValueError(f"fold {fold}: the training folds hold {len(set(y_train.tolist()))} "
+        raise UsageError(f"fold {fold}: the training folds hold {len(set(y_train.tolist()))} "
                          "class(es) with features; an SVM needs at least 2")
     chosen = select_params(X[tr], y_train, [str(kept[i].get("speaker")) for i in tr], settings,
                            len(labels))
