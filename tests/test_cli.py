@@ -83,14 +83,15 @@ def test_device_cuda_without_cuda_is_a_usage_error():
     (ValueError("operands could not be broadcast together"), 3),  # from numpy/torch inside: a bug
     (UsageError("--folds 7: this corpus has folds 1..5"), 2),  # foalnet's own check: the user's input
 ])
-def test_a_command_tells_its_own_checks_from_bugs(monkeypatch, capsys, caplog, raised, status):
+def test_a_command_tells_its_own_checks_from_bugs(monkeypatch, capsys, caplog, tmp_path, raised, status):
     import foalnet.train.cv as cv
 
     def run_cv(*args, **kwargs):
         raise raised
 
     monkeypatch.setattr(cv, "run_cv", run_cv)
-    assert cli.main(["cv", "D", "--out", "C", "--preset", "tiny"]) == status
+    (tmp_path / "manifest.jsonl").write_text("")  # passes the command's fast DATA_DIR check
+    assert cli.main(["cv", str(tmp_path), "--out", str(tmp_path / "C"), "--preset", "tiny"]) == status
     err = capsys.readouterr().err + caplog.text  # the usage error is logged, the bug printed
     assert str(raised) in err
     assert ("internal error: ValueError" in err) == (status == 3)
@@ -105,3 +106,15 @@ def test_foalnet_checks_raise_usage_error_which_is_a_value_error(tmp_path):
     with pytest.raises(ManifestError) as info:
         read_manifest(tmp_path)
     assert isinstance(info.value, UsageError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("command", [["cv", "{d}", "--out", "{d}/C"], ["ablate", "{d}", "--out", "{d}/A"],
+                                     ["svm", "{d}", "--out", "{d}/S"], ["train", "{d}", "--fold", "1", "--out", "{d}/R"]])
+def test_a_data_dir_without_manifest_is_refused_before_torch_is_imported(tmp_path, command):
+    """Exit 2 naming the missing manifest, in a fresh interpreter that never imports torch."""
+    argv = [part.format(d=tmp_path) for part in command]
+    code = ("import sys\nfrom foalnet import cli\nstatus = cli.main(sys.argv[1:])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(status)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{tmp_path}/manifest.jsonl: no manifest; run `foalnet prepare ...` first" in proc.stderr

@@ -22,6 +22,7 @@ from typing import Any, Union
 import yaml
 from foalnet.errors import UsageError
 
+RUN_CONFIG_FILE = "config.yaml"  # a run folder's resolved config (train/run.py)
 MISSING = "???"  # a required value the user has not given yet (as in s3prl / omegaconf)
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")

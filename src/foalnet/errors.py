@@ -11,3 +11,7 @@ from __future__ import annotations
 class UsageError(ValueError):
     """Bad arguments, config values or input data, named in the message (a ``ValueError``, so
     callers of the Python API that catch ``ValueError`` keep working)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept (exit status 1)."""

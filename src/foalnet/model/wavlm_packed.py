@@ -8,8 +8,10 @@ valid frames (``Packing``), with the encoder's own modules; attention unpacks q,
 [B, heads, T, d] and runs torch's ``scaled_dot_product_attention`` with WavLM's gated relative
 position bias and the key padding in one float ``attn_mask``, so each valid frame sees exactly the
 keys it sees in transformers. The positional convolution is the encoder's own module, on the
-padded batch (padding is zero there, as in transformers). Nothing here is a custom kernel: every
-device runs torch's and transformers' own code, in whatever dtype autocast gives it.
+padded batch (padding is zero there, as in transformers), except on CPU, where its convolution
+runs by FFT (``fft_conv.py``: torch's FFT and matmul, measured 3x cheaper than oneDNN's grouped
+128-tap kernel there). Otherwise every device runs torch's and transformers' own code, in
+whatever dtype autocast gives it.
 
 Valid frames come out equal to transformers' (within float rounding; padded frames are zero here
 and arbitrary there, and nothing downstream reads them), with the same modules and weights, so
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from foalnet.model.fft_conv import positional_conv
 from foalnet.model.packing import Packing
 
 # What the packed path reads of transformers' WavLM modules, by module.
@@ -36,6 +39,7 @@ ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "gru_rel_pos_linear
                    "compute_bias", "num_heads", "head_dim", "dropout")
 LAYER_PARTS = ("attention", "layer_norm", "dropout", "feed_forward", "final_layer_norm")
 ENCODER_PARTS = ("pos_conv_embed", "layer_norm", "dropout", "layers", "config")
+POS_CONV_PARTS = ("conv", "padding", "activation")
 
 
 def supports_packed(model: nn.Module) -> bool:
@@ -48,6 +52,8 @@ def check_wavlm_internals(encoder: nn.Module) -> None:
     uses, with the gate projection's known shape: a transformers release whose WavLM differs must
     fail here, not compute something else."""
     missing = [f"encoder.{p}" for p in ENCODER_PARTS if not hasattr(encoder, p)]
+    missing += [f"pos_conv_embed.{p}" for p in POS_CONV_PARTS
+                if hasattr(encoder, "pos_conv_embed") and not hasattr(encoder.pos_conv_embed, p)]
     layers = getattr(encoder, "layers", [])
     if len(layers):
         layer = layers[0]
@@ -117,7 +123,7 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
     check_wavlm_internals(encoder)
     stable = type(encoder).__name__.endswith("StableLayerNorm")
     hidden = hidden.masked_fill(~mask.unsqueeze(-1), 0.0)
-    hidden = hidden + encoder.pos_conv_embed(hidden)
+    hidden = hidden + positional_conv(encoder.pos_conv_embed, hidden)  # by FFT on CPU (fft_conv.py)
     if not stable:
         hidden = encoder.layer_norm(hidden)
     packing = Packing(mask)

@@ -14,8 +14,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from foalnet.config import RUN_CONFIG_FILE as CONFIG_FILE
 from foalnet.data.files import FileProblem
-from foalnet.errors import UsageError
+from foalnet.errors import TrainingDiverged, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ def _guard(func):
     """Turn configuration/data errors into exit status 2 and divergence into 1, with a message."""
 
     def wrapped(args: argparse.Namespace) -> int:
-        from foalnet.train.loop import TrainingDiverged
-
         try:
             return func(args)
         except TrainingDiverged as err:
@@ -144,6 +143,14 @@ def _finish(what: str, out: Path, skipped: int, listed_in: str = "rejected.jsonl
     return 0
 
 
+def require_manifest(data_dir: str) -> None:
+    """Fail fast, before torch is imported: a DATA_DIR without manifest.jsonl is a usage error."""
+    from foalnet.data.manifest import MANIFEST_NAME
+
+    if not (Path(data_dir) / MANIFEST_NAME).is_file():
+        raise UsageError(f"{Path(data_dir) / MANIFEST_NAME}: no manifest; run `foalnet prepare ...` first")
+
+
 def refuse_settings_on_resume(args: argparse.Namespace) -> None:
     """``--resume RUN_DIR`` continues with RUN_DIR's saved config: settings given beside it
     would be silently ignored, so they are a usage error."""
@@ -161,9 +168,6 @@ def refuse_settings_on_resume(args: argparse.Namespace) -> None:
 
 @_guard
 def cmd_train(args: argparse.Namespace) -> int:
-    from foalnet.config import ExperimentConfig
-    from foalnet.train.run import CONFIG_FILE, train_fold
-
     if args.resume is True and not args.out and args.data_dir and (Path(args.data_dir) / CONFIG_FILE).is_file():
         args.resume = args.data_dir  # foalnet train RUN_DIR --resume
     if isinstance(args.resume, str):  # foalnet train --resume RUN_DIR
@@ -171,11 +175,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir}/{CONFIG_FILE} not found: not a run folder to resume")
         refuse_settings_on_resume(args)
+        from foalnet.config import ExperimentConfig
+        from foalnet.train.run import train_fold
+
         cfg = ExperimentConfig.load_yaml(run_dir / CONFIG_FILE)
         summary = train_fold(cfg, run_dir, resume=True)
         return _finish("training", run_dir, summary["skipped_items"])
     if not args.data_dir or args.fold is None or not args.out:
         raise UsageError("foalnet train needs DATA_DIR --fold K --out RUN_DIR (or --resume RUN_DIR)")
+    require_manifest(args.data_dir)
+    from foalnet.train.run import train_fold
+
     cfg = build_config(args)
     if args.resume:  # train_fold continues with the saved config: it must be this one
         from foalnet.train.cv import check_same_config
@@ -187,14 +197,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_cv(args: argparse.Namespace) -> int:
+    require_manifest(args.data_dir)
+    seeds = _parse_seeds(args.seeds, args.set)
+    folds = _parse_folds(args.folds)
     from foalnet.train.cv import run_cv, run_seeds
 
-    seeds = _parse_seeds(args.seeds, args.set)
     cfg = build_config(args)
     if seeds:
-        summary = run_seeds(cfg, Path(args.out), seeds, folds=_parse_folds(args.folds))
+        summary = run_seeds(cfg, Path(args.out), seeds, folds=folds)
     else:
-        summary = run_cv(cfg, Path(args.out), folds=_parse_folds(args.folds))
+        summary = run_cv(cfg, Path(args.out), folds=folds)
     print(Path(args.out, "report.md").read_text() if Path(args.out, "report.md").is_file() else summary)
     return _finish("cross-validation", Path(args.out), summary["skipped_items"])
 
@@ -215,6 +227,7 @@ def refuse_row_settings(modality: str | None, overrides: list[str]) -> None:
 
 @_guard
 def cmd_ablate(args: argparse.Namespace) -> int:
+    require_manifest(args.data_dir)
     from foalnet.train.ablate import ablation_markdown, run_ablation
     from foalnet.train.cv import rejected_ids
 
@@ -249,6 +262,7 @@ def _parse_grid(text: str, flag: str) -> tuple[float, ...]:
 
 @_guard
 def cmd_svm(args: argparse.Namespace) -> int:
+    require_manifest(args.data_dir)
     from foalnet.features.egemaps import EgemapsSettings
     from foalnet.train.svm import SvmSettings, run_svm_cv
 

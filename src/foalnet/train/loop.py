@@ -28,16 +28,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from foalnet.data.files import write_text_atomic
+from foalnet.errors import TrainingDiverged  # noqa: F401  (raised here; importable from here as before)
 from foalnet.train.checkpoint import TrainerState, save_checkpoint, save_model_dir
 from foalnet.train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
 
 LOSS_PARTS = ("ce", "avel", "mem")
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many non-finite losses in a row; the last good checkpoint is kept."""
 
 
 class TaggedAccelerator:

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from foalnet.config import ExperimentConfig
+from foalnet.config import RUN_CONFIG_FILE, ExperimentConfig
 from foalnet.data.files import write_text_atomic
 from foalnet.train.checkpoint import (
     TrainerState,
@@ -44,7 +44,7 @@ from foalnet.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = RUN_CONFIG_FILE
 SUMMARY_FILE = "summary.json"
 PAPER_PROTOCOL = ("select-on-test (paper protocol): the best epoch was chosen on the TEST fold, "
                   "so these test numbers are optimistic")
