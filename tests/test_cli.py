@@ -118,3 +118,22 @@ def test_a_data_dir_without_manifest_is_refused_before_torch_is_imported(tmp_pat
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert f"{tmp_path}/manifest.jsonl: no manifest; run `foalnet prepare ...` first" in proc.stderr
+
+
+def test_every_command_has_a_description_and_every_argument_a_help_text():
+    def subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict:
+        found = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    found[prefix + name] = command
+                    found.update(subcommands(command, prefix + name + " "))
+        return found
+
+    missing = []
+    for name, command in subcommands(cli.build_parser()).items():  # prepare's corpora included
+        if not command.description:
+            missing.append(f"{name}: no description")
+        missing += [f"{name} {a.option_strings or a.dest}" for a in command._actions
+                    if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    for action in subparsers._choices_actions:  # `foalnet CMD --help` opens with the line of the listing
+        command = subparsers.choices[action.dest]
+        if command.description is None:
+            command.description = action.help
     return parser
 
 

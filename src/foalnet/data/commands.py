@@ -69,7 +69,8 @@ def run_synth(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     synth = subparsers.add_parser(
         "synth", help="write an offline corpus shaped like IEMOCAP_full_release")
-    synth.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    synth.add_argument("out_dir", type=Path, metavar="OUT_DIR",
+                       help="folder that receives IEMOCAP_full_release/ (created)")
     synth.add_argument("--seed", type=int, default=0, help="random seed of the corpus (default 0)")
     synth.add_argument("--size", default="small", choices=("tiny", "small", "medium"),
                        help="tiny (tests), small (default, >= 200 four-class), medium")
@@ -78,11 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.set_defaults(func=run_synth)
 
     prepare = subparsers.add_parser("prepare", help="corpus -> DATA_DIR/manifest.jsonl")
-    kinds = prepare.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
+    kinds = prepare.add_subparsers(dest="corpus", metavar="CORPUS", required=True,
+                                   help="the corpus layout to read (foalnet prepare CORPUS --help)")
     for module_name in CORPORA:
         module = importlib.import_module(module_name)
-        sub = kinds.add_parser(module.NAME, help=module.HELP)
+        sub = kinds.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.add_argument("--out", type=Path, required=True, metavar="DATA_DIR")
+        sub.add_argument("--out", type=Path, required=True, metavar="DATA_DIR",
+                         help="prepared folder to write (manifest.jsonl, prepare.json, rejected.jsonl)")
         sub.add_argument("--force", action="store_true", help="redo even if already prepared")
         sub.set_defaults(func=run_prepare, corpus_module=module_name)

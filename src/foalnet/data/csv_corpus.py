@@ -201,7 +201,8 @@ def build_csv(csv_path: str | Path, root: str | Path | None = None, folds: int =
 # --- CLI hooks --------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("labels_csv", type=Path, metavar="LABELS.csv")
+    parser.add_argument("labels_csv", type=Path, metavar="LABELS.csv",
+                        help="one row per clip: path,label,speaker[,session][,video][,start][,end] (paths relative to --root)")
     parser.add_argument("--root", type=Path, default=None,
                         help="folder the CSV paths are relative to (default: the CSV's folder)")
     parser.add_argument("--num-folds", dest="folds", metavar="K", type=int, default=5,

@@ -96,7 +96,9 @@ def build_scp(lists: list[str | Path], labels: list[str] | None = None) -> Prepa
 # --- CLI hooks --------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("lists", type=Path, nargs="+", metavar="LIST.scp")
+    parser.add_argument("lists", type=Path, nargs="+", metavar="LIST.scp",
+                        help="the original's list files, one `id path label` per line (IEMOCAP ids give the fold; "
+                        "other ids: the fold is the list's position)")
     parser.add_argument("--labels", default=",".join(IEMOCAP_LABELS),
                         help="comma-separated label set and logit order (default neu,hap,sad,ang)")
 

@@ -84,7 +84,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder (or run folder: uses best/)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: this machine only; 0.0.0.0 = every network)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="TCP port of the page and the API (default 7860)")
     p.add_argument("--window", type=float, default=2.0, help="window length in seconds (default 2)")
     p.add_argument("--hop", type=float, default=1.0, help="seconds between windows (default 1)")
     p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (default 200)")

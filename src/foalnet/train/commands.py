@@ -331,7 +331,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     svm = subparsers.add_parser(
         "svm", help="classical baseline: eGeMAPS functionals + RBF-SVM on the folds of cv")
     svm.add_argument("data_dir", metavar="DATA_DIR", help="prepared data folder")
-    svm.add_argument("--out", required=True, metavar="DIR")
+    svm.add_argument("--out", required=True, metavar="DIR",
+                     help="output folder (summary.json, report.md, per-fold predictions, confusion plot)")
     svm.add_argument("--folds", metavar="1,2,...", help="only these test folds (default: all)")
     svm.add_argument("--speaker-norm", action="store_true",
                      help="z-normalise each speaker's features with its own mean/std (no labels)")
@@ -348,7 +349,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser(
         "demo", help="offline end to end: synth -> prepare -> extract-visual tiny -> cv tiny -> table")
-    demo.add_argument("--out", required=True, metavar="DIR")
+    demo.add_argument("--out", required=True, metavar="DIR",
+                      help="output folder (the synthetic corpus, its DATA_DIR and the ablation)")
     demo.add_argument("--size", default="small", choices=("tiny", "small", "medium"),
                       help="synthetic corpus size (default: small)")
     demo.add_argument("--seed", type=int, default=0, help="synthetic corpus seed")
