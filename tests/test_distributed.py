@@ -180,37 +180,38 @@ def _index_lines(root: Path) -> list[dict]:
 
 
 @pytest.mark.slow  # an end-to-end run of its own; CI runs it
-def test_extraction_split_over_two_processes_gives_one_index(data_dir, prepared_dir, tmp_path):
-    """Both extractors under ``accelerate launch --num_processes 2``: every item once, in one
-    index.jsonl (no shard left), arrays identical to a single-process extraction."""
+def assert_one_index_equal_to(store, reference, ids: list[str], rtol: float = 0.0) -> None:
+    """Every item once in one index.jsonl (no shard left), one array each, equal to the reference's
+    (``rtol``: float16 rounding where the items were batched differently)."""
     import numpy as np
 
+    assert sorted(e["id"] for e in _index_lines(store.root)) == ids
+    assert not list(store.root.glob("index.r*.jsonl"))
+    assert len(_store_files(store.root)) == len(ids)
+    for utt in ids:
+        np.testing.assert_allclose(store.load(utt), reference.load(utt), rtol=rtol, atol=rtol * 1e-2)
+
+
+def test_extraction_split_over_two_processes_gives_one_index(prepared_dir, tmp_path):
+    """extract-audio under ``accelerate launch --num_processes 2``: one merged report, every item
+    once in one index, arrays identical to a single-process extraction (extract-visual: the test
+    below, whose second run is a complete 2-process extraction of what the first left)."""
     from foalnet.cli import main
     from foalnet.data.manifest import read_manifest
-    from foalnet.features.store import AudioFrontendStore, VisualFeatureStore
+    from foalnet.features.store import AudioFrontendStore
 
     data = _fresh_copy(Path(prepared_dir), tmp_path / "data")
-    for command in (["extract-visual", str(data), "--encoder", "tiny", "--no-progress"],
-                    ["extract-audio", str(data), "--preset", "tiny", "--no-progress"]):
-        proc = _launch(command)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.count(" done ") == 1  # one merged report, printed by the main process
-    ids = sorted(r["id"] for r in read_manifest(data))
+    proc = _launch(["extract-audio", str(data), "--preset", "tiny", "--no-progress"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(" done ") == 1  # one merged report, printed by the main process
     single = _fresh_copy(Path(prepared_dir), tmp_path / "single")
     assert main(["extract-audio", str(single), "--preset", "tiny", "--no-progress"]) == 0
-    for kind, reference in ((VisualFeatureStore, VisualFeatureStore.open(data_dir)),
-                            (AudioFrontendStore, AudioFrontendStore.open(single))):
-        store = kind.open(data)
-        lines = _index_lines(store.root)
-        assert sorted(e["id"] for e in lines) == ids  # each item once
-        assert not list(store.root.glob("index.r*.jsonl"))
-        assert len(_store_files(store.root)) == len(ids)
-        for utt in ids:
-            np.testing.assert_array_equal(store.load(utt), reference.load(utt))
+    ids = sorted(r["id"] for r in read_manifest(data))
+    assert_one_index_equal_to(AudioFrontendStore.open(data), AudioFrontendStore.open(single), ids)
 
 
 @pytest.mark.slow  # an end-to-end run of its own; CI runs it
-def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(prepared_dir, tmp_path):
+def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(prepared_dir, data_dir, tmp_path):
     """Process 1 dies after 3 items: what both processes wrote is complete and listed; a rerun
     (2 processes again) reuses all of it, writes no array twice and computes only the missing."""
     import re
@@ -235,8 +236,9 @@ def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(pre
     done, reused = map(int, re.search(r"done (\d+), reused (\d+)", proc.stdout).groups())
     ids = sorted(r["id"] for r in read_manifest(data))
     assert reused == len(listed) and done == len(ids) - len(listed)
+    assert proc.stdout.count(" done ") == 1  # one merged report, printed by the main process
     after = _store_files(store.root)
     assert all(after[name] == stamp for name, stamp in before.items())  # none written again
-    lines = _index_lines(store.root)
-    assert sorted(e["id"] for e in lines) == ids and len(after) == len(ids)
-    assert not list(store.root.glob("index.r*.jsonl"))
+    # one index of every item, arrays equal to a single-process extraction (data_dir's) up to
+    # float16 rounding: the rerun batches only the missing items, so GEMM blocking differs
+    assert_one_index_equal_to(VisualFeatureStore.open(data), VisualFeatureStore.open(data_dir), ids, rtol=2e-3)
