@@ -61,6 +61,18 @@ were not run; with ~80 training clips there is also little for it to learn a fro
 the DSP features supply that prior.  Front end + encoder forward+backward of a 16 x 6 s batch
 (300 output frames): 0.36-0.43 s wall time on one thread (5 repeats, machine lightly loaded).
 
+Since 2026-12-02 the ``tiny`` preset uses ``egemaps=True, use_mel=False, use_prosody=False,
+speaker_norm=True`` (FoalNetConfig.tiny): the frames are openSMILE's 25 eGeMAPSv02 low-level
+descriptors (``egemaps_llds``: F0, jitter, shimmer, loudness, HNR, formants, spectral slopes and
+balance, MFCC 1-4, on the same 10 ms grid, each put on a fixed scale, EGEMAPS_LLD_SCALE), and
+each channel is z-scored with the speaker's own statistics before the trainable part
+(features/speaker_norm.py; the dataset does it from the manifest's speakers, while ``forward``
+on a waveform, i.e. prediction, where no speaker is known, uses the training speakers' pooled
+statistics kept in the buffers ``norm_mean`` / ``norm_std``). Chosen through ``foalnet cv
+--modality audio`` on real speech, speaker-disjoint folds, with held-out folds reported apart:
+docs/benchmarks.md ("The offline audio path on real speech") has every candidate and command.
+The measurements above (benchmarks/real_speech_dev.py) are of the log-mel + prosody frames.
+
 Padding contract: samples beyond ``waveform_mask`` are replaced by +0.0, frames are valid when
 they start inside the valid samples, every convolution sees padded frames zeroed, and utterance
 statistics are masked means -- so padding never changes the valid frames' outputs.
@@ -124,6 +136,9 @@ class OfflineAudioConfig:
     freq_mask_width: int = 8  # widest mel span (bands)
     feature_dropout: float = 0.0  # training only: drop whole feature channels per clip (Dropout1d)
     attention_heads: int = 0  # > 0: one residual self-attention block after the convs (utterance context)
+    # z-score the front-end channels per speaker (training: each speaker's own statistics,
+    # features/speaker_norm.py); the waveform path (prediction) uses the kept pooled statistics
+    speaker_norm: bool = False
     f0_min: float = 60.0  # lowest F0 searched (Hz)
     f0_max: float = 500.0  # highest F0 searched (Hz)
     voicing_threshold: float = 0.45  # normalised autocorrelation peak needed to call a frame voiced
@@ -400,6 +415,9 @@ class OfflineAudioEncoder(nn.Module):
         self.out_norm = nn.LayerNorm(cfg.hidden_size)
         # created last so that the default modules are initialised exactly as without it
         self.attention = AttentionBlock(cfg.hidden_size, cfg.attention_heads, cfg.dropout) if cfg.attention_heads else None
+        if cfg.speaker_norm:  # saved with the weights: the training speakers' pooled statistics
+            self.register_buffer("norm_mean", torch.zeros(in_features))
+            self.register_buffer("norm_std", torch.ones(in_features))
 
     def to_dict(self) -> dict:
         """The options this encoder was built with (JSON-serialisable)."""
@@ -430,6 +448,13 @@ class OfflineAudioEncoder(nn.Module):
             if self.config.utterance_var:
                 parts.append(centred.pow(2))
             return torch.cat(parts, -1), mask
+
+    def set_speaker_fallback(self, mean, std) -> None:
+        """Keep the pooled statistics [F'] that ``forward`` normalises with (speaker_norm only)."""
+        if not self.config.speaker_norm:
+            raise ValueError("set_speaker_fallback: the encoder was built without speaker_norm")
+        self.norm_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.norm_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def output_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Front-end frame mask (B, L) -> output frame mask (B, ceil(L / stride))."""
@@ -477,4 +502,7 @@ class OfflineAudioEncoder(nn.Module):
         """waveform (B, S) at 16 kHz, waveform_mask (B, S) bool -> hidden (B, L, H), frame_mask (B, L)."""
         if waveform.dim() != 2 or waveform.shape != waveform_mask.shape:
             raise ValueError(f"waveform {tuple(waveform.shape)} and mask {tuple(waveform_mask.shape)} must be equal (B, S)")
-        return self.encode_frontend(*self.frontend(waveform, waveform_mask.bool()))
+        feats, mask = self.frontend(waveform, waveform_mask.bool())
+        if self.config.speaker_norm:  # no speaker known here: the training speakers' pooled statistics
+            feats = (feats - self.norm_mean) / self.norm_std * mask.unsqueeze(-1)
+        return self.encode_frontend(feats, mask)

@@ -77,6 +77,7 @@ class EmotionDataset(Dataset):
         max_video_frames: int = 180,
         audio_store=None,
         failed: dict[str, str] | None = None,
+        audio_norm: dict | None = None,
     ) -> None:
         if use_video and store is None:
             raise ValueError("use_video=True needs a VisualFeatureStore")
@@ -93,18 +94,9 @@ class EmotionDataset(Dataset):
         self.max_frames = max_video_frames
         self.failed: dict[str, str] = dict(failed or {})  # id -> reason, so a bad file is read only once
         self._errors = _item_errors()
-        import os as _os
-        self._spk = {}
-        mode = _os.environ.get("FOALNET_SPKNORM_HACK")
-        if mode and audio_store is not None:
-            groups = {}
-            for r in self.records:
-                groups.setdefault(r.get("speaker"), []).append(np.asarray(audio_store.load(r["id"]), dtype=np.float64))
-            for spk, arrs in groups.items():
-                x = np.concatenate(arrs, 0)
-                mean = x.mean(0)
-                std = x.std(0) if mode == "z" else np.ones_like(mean)
-                self._spk[spk] = (mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32))
+        # {speaker: (mean [C], std [C])}: cached features z-scored per speaker (speaker_norm);
+        # a speaker missing from it gets the POOLED entry (the training speakers' statistics)
+        self.audio_norm = audio_norm
 
     def __len__(self) -> int:
         return len(self.records)
@@ -151,9 +143,11 @@ class EmotionDataset(Dataset):
         feats = np.array(self.audio_store.load(record["id"]), dtype=np.float32)  # (T, C), out of the memmap
         if not np.isfinite(feats).all():
             raise OSError(f"cached audio front-end features of {record['id']} contain NaN/inf")
-        if self._spk:
-            mean, std = self._spk[record.get("speaker")]
-            feats = (feats - mean) / std
+        if self.audio_norm is not None:
+            from foalnet.features.speaker_norm import POOLED, normalise
+
+            mean, std = self.audio_norm.get(record.get("speaker"), self.audio_norm[POOLED])
+            feats = normalise(feats, mean, std)
         return feats
 
     def _video(self, record: dict) -> np.ndarray:

@@ -208,8 +208,26 @@ def prepare_audio_cache(cfg: ExperimentConfig, fold: FoldData, model, acc) -> tu
     return store, {r["id"]: f"audio: {r['path']}: {r['reason']}" for r in report.rejected}
 
 
+def speaker_norm_statistics(fold: FoldData, model, audio_store) -> dict | None:
+    """Per-speaker front-end statistics of every split (``features/speaker_norm.py``), plus
+    ``POOLED`` = the training speakers' pooled statistics, which the model also keeps for
+    utterances without a speaker; None when the audio encoder has no ``speaker_norm``."""
+    encoder = model.audio_encoder if model.uses_audio else None
+    if not getattr(getattr(encoder, "config", None), "speaker_norm", False):
+        return None
+    if audio_store is None:
+        raise UsageError("the audio encoder's speaker_norm normalises the cached front-end "
+                         "features: keep data.cache_audio=true")
+    from foalnet.features.speaker_norm import POOLED, pooled_statistics, speaker_statistics
+
+    stats = speaker_statistics(audio_store, fold.train + fold.dev + fold.test)
+    stats[POOLED] = pooled_statistics(stats, (r.get("speaker") for r in fold.train))
+    encoder.set_speaker_fallback(*stats[POOLED])
+    return stats
+
+
 def make_loaders(cfg: ExperimentConfig, fold: FoldData, num_processes: int, audio_store=None,
-                 audio_failed: dict[str, str] | None = None):
+                 audio_failed: dict[str, str] | None = None, audio_norm: dict | None = None):
     """Datasets, the class-balanced sampler and the three DataLoaders (not yet prepared)."""
     from torch.utils.data import DataLoader
 
@@ -221,7 +239,7 @@ def make_loaders(cfg: ExperimentConfig, fold: FoldData, num_processes: int, audi
         return EmotionDataset(records, m.labels, fold.store, use_audio=use_audio, use_video=use_video,
                               sample_rate=m.sample_rate, max_audio_seconds=m.max_audio_seconds,
                               max_video_frames=m.max_video_frames, audio_store=audio_store,
-                              failed=audio_failed)
+                              failed=audio_failed, audio_norm=audio_norm)
 
     train_set, dev_set, test_set = dataset(fold.train), dataset(fold.dev), dataset(fold.test)
     lengths = train_set.durations() if cfg.data.length_grouped else None
@@ -285,12 +303,15 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     set_seed(cfg.train.seed)  # model init independent of what the data code drew
     model = FoalNet(cfg.model).to(acc.device)
     audio_store, audio_failed = prepare_audio_cache(cfg, fold, model, acc)
-    sampler, train_loader, dev_loader, test_loader = make_loaders(cfg, fold, acc.num_processes,
-                                                                  audio_store, audio_failed)
-    t = cfg.train
+    sampler, train_loader, dev_loader, test_loader = make_loaders(
+        cfg, fold, acc.num_processes, audio_store, audio_failed,
+        audio_norm=speaker_norm_statistics(fold, model, audio_store))
+    per_epoch = steps_per_epoch(len(fold.train), cfg.train.batch_size, acc.num_processes,
+                                cfg.train.grad_accum)
+    t = replace(cfg.train, epochs=train_epochs(cfg.train, per_epoch))  # train.min_steps: more epochs
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                 betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
-    total = t.epochs * steps_per_epoch(len(fold.train), t.batch_size, acc.num_processes, t.grad_accum)
+    total = t.epochs * per_epoch
     scheduler = build_scheduler(optimizer, t.schedule, total, t.warmup_ratio)
     loaders = [train_loader, test_loader] + ([dev_loader] if dev_loader is not None else [])
     prepared = acc.prepare(*loaders, model, optimizer, scheduler)
@@ -315,6 +336,15 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     acc.wait_for_everyone()
     acc.free_memory(model, optimizer, scheduler)
     return summary
+
+
+def train_epochs(train, per_epoch: int) -> int:
+    """``train.epochs``, raised to ceil(``train.min_steps`` / ``per_epoch``) when that is more.
+
+    Why: a fixed epoch count gives a small corpus few optimiser steps (56 training clips, batch
+    16: 4 steps an epoch, 120 in 30 epochs), and the offline model under-fits there; a corpus
+    large enough already makes ``min_steps`` in ``epochs`` and trains as before."""
+    return max(train.epochs, math.ceil(train.min_steps / max(1, per_epoch)))
 
 
 def _quiet_accelerate() -> None:
