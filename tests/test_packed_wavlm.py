@@ -17,7 +17,7 @@ import torch
 from foalnet.model.audio import HFAudioEncoder
 from foalnet.model.foalnet import FoalNet, FoalNetConfig
 from foalnet.model.packing import Packing
-from foalnet.model.wavlm_packed import check_wavlm_internals, packed_encoder_forward, supports_packed
+from foalnet.model.wavlm_packed import check_wavlm_internals, length_groups, packed_encoder_forward, supports_packed
 
 
 # ------------------------------------------------------------------------------ packed encoder
@@ -45,6 +45,37 @@ def _hidden_and_mask(lengths: list[int], seed: int = 0):
 
 VARIANTS = {"large-128": (True, 128), "large-16": (True, 16), "base-128": (False, 128), "base-16": (False, 16)}
 LENGTHS = [40, 7, 33, 1]
+
+
+def test_length_groups_partition_the_items_and_their_frames():
+    lengths = [5, 12, 1, 9, 12, 3, 7]
+    _, mask = _hidden_and_mask(lengths)
+    groups = length_groups(mask, 3)
+    # sorted by length, longest first, cut into runs of 3, 2 and 2 items
+    assert [g.packing.length for g in groups] == [12, 7, 3] and [g.packing.batch for g in groups] == [3, 2, 2]
+    rows = torch.cat([g.rows for g in groups])
+    assert sorted(rows.tolist()) == list(range(sum(lengths)))  # every valid frame once
+    for g in groups:
+        assert g.rows.numel() == int(g.packing.mask.sum())
+        assert torch.equal(g.key_bias[:, 0, 0] == 0, g.packing.mask)
+    assert len(length_groups(mask, 20)) == len(lengths)  # never more groups than items
+
+
+def test_attention_in_length_groups_equals_one_padded_block_values_and_gradients():
+    model = _wavlm(True, 128).eval()
+    hidden, mask = _hidden_and_mask([40, 7, 33, 1, 25, 40, 12, 3, 18])
+
+    def run(groups: int):
+        model.zero_grad()
+        h = hidden.clone().requires_grad_(True)
+        out = packed_encoder_forward(model.encoder, h, mask, attention_groups=groups)
+        out[mask].square().sum().backward()
+        return out[mask], h.grad[mask], model.encoder.layers[0].attention.rel_attn_embed.weight.grad.clone()
+
+    one_block = run(1)
+    for groups in (3, 4, 9):
+        for got, expected in zip(run(groups), one_block):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
