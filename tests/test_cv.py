@@ -41,7 +41,7 @@ def test_cv_rerun_with_other_settings_is_refused_naming_the_keys(audio_data, cv_
     assert main(["cv", str(audio_data), "--out", str(cv_one_fold), *FAST, "--folds", "1",
                  "--set", "train.lr=0.01"]) == 2
     message = _errors(caplog)
-    assert "train.lr: 0.003 there, 0.01 now" in message and "fold1" in message
+    assert "train.lr: 0.001 there, 0.01 now" in message and "fold1" in message
     caplog.clear()
     # other modality (the case: "av" written over audio-only results)
     assert main(["cv", str(audio_data), "--out", str(cv_one_fold), "--preset", "tiny",
