@@ -53,7 +53,7 @@ def fft_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         T, padding = x.shape[-1], K - 1
     out_len = T + 2 * padding - K + 1
     n = fast_fft_length(T + K - 1)  # the full linear convolution fits: no circular wrap-around
-    G, Og = groups, O // groups
+    G = groups
     spectrum_x = torch.fft.rfft(x, n=n)  # (B, C, F)
     Fq = spectrum_x.shape[-1]
     xs = spectrum_x.view(B, G, Cg, Fq).permute(1, 3, 2, 0)  # (G, F, Cg, B)

@@ -9,6 +9,22 @@ from __future__ import annotations
 import torch
 
 
+def spans(mask: torch.Tensor) -> torch.Tensor:
+    """Per row of a [B, T] bool mask, the last valid position + 1 (0 for a row with none): the
+    length a block must keep so that no valid frame of the row is cut."""
+    B, T = mask.shape
+    if T == 0:
+        return torch.zeros(B, dtype=torch.long, device=mask.device)
+    return torch.where(mask.any(1), T - mask.flip(1).int().argmax(1), 0)
+
+
+def length_sorted_groups(lengths: torch.Tensor, groups: int) -> tuple[torch.Tensor, ...]:
+    """Row indices sorted by length (longest first) and cut into ``groups`` runs of about equal
+    size (never more runs than rows): blocks padded to their own longest row."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    return order.tensor_split(max(1, min(groups, lengths.numel())))
+
+
 class Packing:
     """Index map between a padded [B, T, ...] batch and its valid frames [N, ...] (row-major)."""
 

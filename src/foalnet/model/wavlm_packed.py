@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from foalnet.model.fft_conv import positional_conv
-from foalnet.model.packing import Packing
+from foalnet.model.packing import Packing, length_sorted_groups, spans
 
 # What the packed path reads of transformers' WavLM modules, by module.
 ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "gru_rel_pos_linear", "gru_rel_pos_const",
@@ -102,12 +102,11 @@ def length_groups(mask: torch.Tensor, groups: int) -> list[LengthGroup]:
     batches (1-8 s cut at 6 s, 16 items) one block holds 2.0-2.4x the score entries the items
     need, four blocks 1.1-1.4x (``benchmarks/train_step.py`` batches)."""
     B, T = mask.shape
-    lengths = torch.where(mask.any(1), T - mask.flip(1).int().argmax(1), 0)  # last valid frame + 1
-    order = torch.argsort(lengths, descending=True, stable=True)
+    lengths = spans(mask)
     position = torch.full((B, T), -1, dtype=torch.long, device=mask.device)
     position[mask] = torch.arange(int(mask.sum()), device=mask.device)  # packed row of each frame
     found = []
-    for items in order.tensor_split(min(groups, B)):
+    for items in length_sorted_groups(lengths, groups):
         longest = int(lengths[items].max())
         group_mask = mask[items, :longest]
         bias = torch.zeros(group_mask.shape, dtype=torch.float32, device=mask.device)
