@@ -166,3 +166,17 @@ def test_training_statistics_come_from_each_split_and_the_pool_from_training_spe
     assert set(stats) == {"A", "B", "T", POOLED}
     np.testing.assert_allclose(stats[POOLED][0], 2.0)  # mean of A's 1 and B's 3; T is a test speaker
     torch.testing.assert_close(enc.norm_mean, torch.full_like(enc.norm_mean, 2.0))  # kept for predict
+
+
+def test_the_protocol_line_says_when_test_speakers_statistics_are_used():
+    """Speaker z-scoring uses the test speakers' own unlabelled clips: every summary says so."""
+    from foalnet.config import preset
+    from foalnet.train.run import speaker_norm_note
+
+    tiny = preset("tiny")
+    assert "test speakers included" in speaker_norm_note(tiny)
+    assert speaker_norm_note(preset("paper")) == ""
+    off = tiny.override(["model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, "
+                         "use_prosody: false, speaker_norm: false}"])
+    assert speaker_norm_note(off) == ""
+    assert speaker_norm_note(tiny.override(["model.modality=video", "model.use_avel=false", "model.use_mem=false"])) == ""

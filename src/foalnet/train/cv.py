@@ -29,7 +29,7 @@ from foalnet.data.files import write_text_atomic
 from foalnet.train.loop import tagged
 from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
                                    bootstrap_cv, metrics_from_confusion, plot_confusion)
-from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, train_fold
+from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, speaker_norm_note, train_fold
 from foalnet.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -199,9 +199,9 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[d
     pooled = np.sum([np.asarray(per_fold[k]["test"]["confusion"]) for k in folds], axis=0)
     out["pooled"] = {k: v for k, v in metrics_from_confusion(pooled).items()}
     out["labels"] = per_fold[folds[0]]["labels"]
-    out["protocol"] = PAPER_PROTOCOL if cfg.data.select_on_test else (
+    out["protocol"] = (PAPER_PROTOCOL if cfg.data.select_on_test else (
         "leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the training "
-        "folds; test fold untouched during selection")
+        "folds; test fold untouched during selection")) + speaker_norm_note(cfg)
     out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
     out["selection"] = [per_fold[k].get("selection") for k in folds]  # stability, train/loop.py
     out["skipped_items"] = len({r["id"] for r in rejected})

@@ -129,7 +129,17 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
         protocol = (f"dev split from the training folds (held-out speakers {', '.join(dev_speakers)}); "
                     f"test fold {d.fold} untouched during selection")
     store = open_visual_store(cfg) if cfg.model.modality in ("av", "video") else None
-    return FoldData(train, dev, split.test, labels, protocol, store)
+    return FoldData(train, dev, split.test, labels, protocol + speaker_norm_note(cfg), store)
+
+
+def speaker_norm_note(cfg: ExperimentConfig) -> str:
+    """What the protocol line adds when the audio front end is z-scored per speaker: the test
+    speakers' statistics come from their own (unlabelled) test clips."""
+    if cfg.model.modality == "video" or not (cfg.model.audio_options or {}).get("speaker_norm"):
+        return ""
+    return ("; audio features z-scored per speaker with each speaker's own clips, test speakers "
+            "included (their unlabelled test audio; `foalnet predict` uses the training speakers' "
+            "pooled statistics)")
 
 
 DEV_MIN_ITEMS = 48  # 12 per class of four: below that one clip moves a class recall by > 8 points
