@@ -216,7 +216,7 @@ def preset(name: str) -> ExperimentConfig:
         # 0.477, video-only 0.635 (`foalnet demo`). lr 1e-3 and min_steps 300 were chosen on real
         # speech (docs/benchmarks.md, "The offline audio path on real speech": with the eGeMAPS
         # LLD front end and speaker_norm lr 3e-3 gave 0.630 against 0.682 on the selection folds);
-        # `foalnet demo` with them: full 0.935, audio-only 0.525, video-only 0.693 (6 min 51 s).
+        # `foalnet demo` with them: full 0.935, audio-only 0.525, video-only 0.693 (5 min 51 s on the quiet 2-core machine).
         train = TrainConfig(
             lr=1e-3,
             batch_size=16,
