@@ -135,7 +135,8 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
 def speaker_norm_note(cfg: ExperimentConfig) -> str:
     """What the protocol line adds when the audio front end is z-scored per speaker: the test
     speakers' statistics come from their own (unlabelled) test clips."""
-    if cfg.model.modality == "video" or not (cfg.model.audio_options or {}).get("speaker_norm"):
+    model = cfg.model  # a FoalNetConfig, or the SVM baseline's view of one (no audio options)
+    if getattr(model, "modality", "audio") == "video" or not (getattr(model, "audio_options", None) or {}).get("speaker_norm"):
         return ""
     return ("; audio features z-scored per speaker with each speaker's own clips, test speakers "
             "included (their unlabelled test audio; `foalnet predict` uses the training speakers' "
