@@ -10,13 +10,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def train_step():
-    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "train_step.py")
+def load_script(name: str):
+    """benchmarks/<name>.py as the module bench_<name> (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def train_step():
+    return load_script("train_step")
 
 
 def test_epoch_cost_is_batches_times_step_for_a_flat_grid(train_step):
@@ -116,11 +121,7 @@ def test_original_style_imports_nothing_of_foalnet():
 
 @pytest.fixture(scope="module")
 def gpu_check(train_step):
-    spec = importlib.util.spec_from_file_location("bench_gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_check")
 
 
 def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(gpu_check):

@@ -158,11 +158,17 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def read_manifest(data_dir: str | Path) -> list[dict]:
-    """All records of DATA_DIR/manifest.jsonl, in file order."""
+def require_manifest(data_dir: str | Path) -> Path:
+    """DATA_DIR/manifest.jsonl, or ManifestError naming it (cheap: commands check before torch)."""
     path = Path(data_dir) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"{path}: no manifest; run `foalnet prepare ...` first")
+    return path
+
+
+def read_manifest(data_dir: str | Path) -> list[dict]:
+    """All records of DATA_DIR/manifest.jsonl, in file order."""
+    path = require_manifest(data_dir)
     records = read_jsonl(path)
     missing = [f for f in ("id", "label", "wav", "fold") if records and f not in records[0]]
     if missing:

@@ -14,6 +14,7 @@ returns NaN), is reported with its reason (``rejected``, rejected.jsonl); the re
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -82,10 +83,16 @@ def open_store(data_dir: str | os.PathLike, settings: EgemapsSettings) -> Egemap
 
 
 def _smile(settings: EgemapsSettings):
+    return smile(settings.feature_set, settings.feature_level)
+
+
+@functools.lru_cache(maxsize=None)
+def smile(feature_set: str, feature_level: str):
+    """One openSMILE extractor per feature set and level (building one loads its config)."""
     import opensmile
 
-    return opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, settings.feature_set),
-                           feature_level=getattr(opensmile.FeatureLevel, settings.feature_level))
+    return opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
+                           feature_level=getattr(opensmile.FeatureLevel, feature_level))
 
 
 def feature_names(settings: EgemapsSettings = EgemapsSettings()) -> list[str]:

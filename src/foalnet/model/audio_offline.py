@@ -316,25 +316,19 @@ class DSPFrontEnd(nn.Module):
         ], -1)
 
 
-_SMILE = None
-
-
 def egemaps_llds(wave: torch.Tensor, frames: torch.Tensor, L: int, samples: torch.Tensor) -> torch.Tensor:
     """openSMILE eGeMAPSv02 LLDs of each row's valid samples on the DSP frame grid: (B, L, 25).
 
     openSMILE's frame i starts at sample 160 i (10 ms hop, as ours); the last frames of our grid
     that openSMILE does not produce (its windows are up to 60 ms) are 0 after scaling, as are
     padded frames and rows too short for any frame."""
-    global _SMILE
     import numpy as np
 
-    if _SMILE is None:
-        import opensmile
+    from foalnet.features.egemaps import smile
 
-        _SMILE = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                                 feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
-        if list(_SMILE.feature_names) != [name for name, _, _ in EGEMAPS_LLD_SCALE]:
-            raise RuntimeError(f"openSMILE eGeMAPSv02 LLD names differ: {_SMILE.feature_names}")
+    extractor = smile("eGeMAPSv02", "LowLevelDescriptors")
+    if list(extractor.feature_names) != [name for name, _, _ in EGEMAPS_LLD_SCALE]:
+        raise RuntimeError(f"openSMILE eGeMAPSv02 LLD names differ: {extractor.feature_names}")
     offset = np.array([o for _, o, _ in EGEMAPS_LLD_SCALE], dtype=np.float32)
     scale = np.array([s for _, _, s in EGEMAPS_LLD_SCALE], dtype=np.float32)
     out = torch.zeros(wave.shape[0], L, len(EGEMAPS_LLD_SCALE))
@@ -342,7 +336,7 @@ def egemaps_llds(wave: torch.Tensor, frames: torch.Tensor, L: int, samples: torc
         signal = wave[b, : int(samples[b])].detach().cpu().numpy().astype(np.float32)
         if len(signal) < 1024:  # shorter than openSMILE's 60 ms F0 window (+ margin): no frames
             continue
-        values = _SMILE.process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float32)  # (T, 25)
+        values = extractor.process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float32)  # (T, 25)
         n = min(len(values), int(frames[b]), L)
         out[b, :n] = torch.from_numpy((values[:n] - offset) / scale)
     return out.to(wave.device)

@@ -95,12 +95,14 @@ class LengthGroup:
     key_bias: torch.Tensor  # [b, 1, 1, T_g]: 0 for valid keys, -inf for padding
 
 
-def length_groups(mask: torch.Tensor, groups: int) -> list[LengthGroup]:
+def length_groups(mask: torch.Tensor, groups: int) -> tuple[list[LengthGroup], torch.Tensor]:
     """The batch's items sorted by length and cut into ``groups`` runs of about equal size.
 
     Attention costs T x T per item, padded to the longest item of its block: on IEMOCAP-like
     batches (1-8 s cut at 6 s, 16 items) one block holds 2.0-2.4x the score entries the items
-    need, four blocks 1.1-1.4x (``benchmarks/train_step.py`` batches)."""
+    need, four blocks 1.1-1.4x (``benchmarks/train_step.py`` batches). Also returns the
+    permutation that puts the groups' concatenated rows back in packed order (one per forward,
+    the same for every layer)."""
     B, T = mask.shape
     lengths = spans(mask)
     position = torch.full((B, T), -1, dtype=torch.long, device=mask.device)
@@ -112,11 +114,11 @@ def length_groups(mask: torch.Tensor, groups: int) -> list[LengthGroup]:
         bias = torch.zeros(group_mask.shape, dtype=torch.float32, device=mask.device)
         found.append(LengthGroup(rows=position[items, :longest][group_mask], packing=Packing(group_mask),
                                  key_bias=bias.masked_fill(~group_mask, float("-inf"))[:, None, None, :]))
-    return found
+    return found, torch.argsort(torch.cat([group.rows for group in found]))
 
 
-def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], position_bias: torch.Tensor
-              ) -> torch.Tensor:
+def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], restore: torch.Tensor,
+              position_bias: torch.Tensor) -> torch.Tensor:
     """WavLMAttention on packed frames x [N, H] -> [N, H].
 
     position_bias [heads, T, T] (layer 0's relative-position buckets), gated per query frame as
@@ -138,19 +140,17 @@ def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], posit
         out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias,
                                              dropout_p=attn.dropout if attn.training else 0.0)
         outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, heads * d)))
-    rows = torch.cat([group.rows for group in groups])
-    merged = torch.cat(outputs).index_select(0, torch.argsort(rows))  # back in packed order
-    return attn.out_proj(merged)
+    return attn.out_proj(torch.cat(outputs).index_select(0, restore))  # back in packed order
 
 
-def layer_forward(layer: nn.Module, x: torch.Tensor, groups: list[LengthGroup], position_bias: torch.Tensor,
-                  stable: bool) -> torch.Tensor:
+def layer_forward(layer: nn.Module, x: torch.Tensor, groups: list[LengthGroup], restore: torch.Tensor,
+                  position_bias: torch.Tensor, stable: bool) -> torch.Tensor:
     """One WavLM encoder layer on packed frames [N, H]: pre-LN (``stable``, WavLM-Large) or post-LN."""
     if stable:
-        h = attention(layer.attention, layer.layer_norm(x), groups, position_bias)
+        h = attention(layer.attention, layer.layer_norm(x), groups, restore, position_bias)
         x = x + layer.dropout(h)
         return x + layer.feed_forward(layer.final_layer_norm(x))
-    h = attention(layer.attention, x, groups, position_bias)
+    h = attention(layer.attention, x, groups, restore, position_bias)
     x = layer.layer_norm(x + layer.dropout(h))
     return layer.final_layer_norm(x + layer.feed_forward(x))
 
@@ -172,15 +172,15 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
     x = encoder.dropout(packing.pack(hidden))  # (N, H)
     T = hidden.shape[1]
     position_bias = encoder.layers[0].attention.compute_bias(T, T)  # (heads, T, T)
-    groups = length_groups(mask, attention_groups)
+    groups, restore = length_groups(mask, attention_groups)
     layerdrop = encoder.config.layerdrop if encoder.training else 0.0
     for i, layer in enumerate(encoder.layers):
         if i > 0 and layerdrop > 0.0 and torch.rand([]) < layerdrop:  # LayerDrop, as transformers
             continue
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
-            x = checkpoint(layer_forward, layer, x, groups, position_bias, stable, use_reentrant=False)
+            x = checkpoint(layer_forward, layer, x, groups, restore, position_bias, stable, use_reentrant=False)
         else:
-            x = layer_forward(layer, x, groups, position_bias, stable)
+            x = layer_forward(layer, x, groups, restore, position_bias, stable)
     if stable:
         x = encoder.layer_norm(x)
     return packing.unpack(x)

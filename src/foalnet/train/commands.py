@@ -16,6 +16,7 @@ from pathlib import Path
 
 from foalnet.config import RUN_CONFIG_FILE as CONFIG_FILE
 from foalnet.data.files import FileProblem
+from foalnet.data.manifest import require_manifest
 from foalnet.errors import TrainingDiverged, UsageError
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,6 @@ def _finish(what: str, out: Path, skipped: int, listed_in: str = "rejected.jsonl
     if main_process:
         print(f"{what} complete in {out}: no item rejected")
     return 0
-
-
-def require_manifest(data_dir: str) -> None:
-    """Fail fast, before torch is imported: a DATA_DIR without manifest.jsonl is a usage error."""
-    from foalnet.data.manifest import MANIFEST_NAME
-
-    if not (Path(data_dir) / MANIFEST_NAME).is_file():
-        raise UsageError(f"{Path(data_dir) / MANIFEST_NAME}: no manifest; run `foalnet prepare ...` first")
 
 
 def refuse_settings_on_resume(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from foalnet.data.padding import pad_sequences
+from foalnet.features.speaker_norm import POOLED, normalise
 from foalnet.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,6 @@ class EmotionDataset(Dataset):
         if not np.isfinite(feats).all():
             raise OSError(f"cached audio front-end features of {record['id']} contain NaN/inf")
         if self.audio_norm is not None:
-            from foalnet.features.speaker_norm import POOLED, normalise
-
             mean, std = self.audio_norm.get(record.get("speaker"), self.audio_norm[POOLED])
             feats = normalise(feats, mean, std)
         return feats
