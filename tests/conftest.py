@@ -7,11 +7,30 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 CORPUS_ENV = "FOALNET_IEMOCAP_ROOT"
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that ``build`` fills, made once per test run: under pytest-xdist the first worker
+    builds it in the run's common temp folder while the others wait on a file lock, then all
+    reuse it (the recipe of pytest-xdist's docs). Callers treat it as read-only."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +38,8 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """IEMOCAP_full_release written by ``foalnet synth --size tiny --seed 0`` (about 2 s)."""
     from foalnet.data.synth import generate
 
-    out = tmp_path_factory.mktemp("synth")
-    summary = generate(out, seed=0, size="tiny", workers=1)
-    return Path(summary["root"])
+    out = built_once(tmp_path_factory, "synth", lambda folder: generate(folder, seed=0, size="tiny", workers=1))
+    return out / "IEMOCAP_full_release"
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +47,10 @@ def prepared_dir(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """DATA_DIR of ``foalnet prepare iemocap`` on ``synth_root`` (classes "4")."""
     from foalnet.cli import main
 
-    out = tmp_path_factory.mktemp("prepared") / "data"
-    assert main(["prepare", "iemocap", str(synth_root), "--out", str(out)]) == 0
-    return out
+    def build(folder: Path) -> None:
+        assert main(["prepare", "iemocap", str(synth_root), "--out", str(folder / "data")]) == 0
+
+    return built_once(tmp_path_factory, "prepared", build) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +59,11 @@ def visual_dir(prepared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     once per session; read-only like ``prepared_dir``."""
     from foalnet.cli import main
 
-    out = tmp_path_factory.mktemp("visual") / "data"
-    shutil.copytree(prepared_dir, out)
-    assert main(["extract-visual", str(out), "--encoder", "tiny", "--no-progress"]) == 0
-    return out
+    def build(folder: Path) -> None:
+        shutil.copytree(prepared_dir, folder / "data")
+        assert main(["extract-visual", str(folder / "data"), "--encoder", "tiny", "--no-progress"]) == 0
+
+    return built_once(tmp_path_factory, "visual", build) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -52,15 +72,16 @@ def trained_run(visual_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     of ``visual_dir`` (training writes its audio cache there); read-only."""
     from foalnet.cli import main
 
-    root = tmp_path_factory.mktemp("trained")
-    data, run = root / "data", root / "run"
-    shutil.copytree(visual_dir, data)
-    # speaker_norm off: training normalises test clips with their speaker's statistics, predict
-    # (no speaker) with the pooled ones, and test_predict checks predict == predictions.csv
-    assert main(["train", str(data), "--fold", "1", "--out", str(run), "--preset", "tiny",
-                 "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set",
-                 "model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, use_prosody: false}"]) == 0
-    return run
+    def build(root: Path) -> None:
+        data, run = root / "data", root / "run"
+        shutil.copytree(visual_dir, data)
+        # speaker_norm off: training normalises test clips with their speaker's statistics, predict
+        # (no speaker) with the pooled ones, and test_predict checks predict == predictions.csv
+        assert main(["train", str(data), "--fold", "1", "--out", str(run), "--preset", "tiny",
+                     "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set",
+                     "model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, use_prosody: false}"]) == 0
+
+    return built_once(tmp_path_factory, "trained", build) / "run"
 
 
 @pytest.fixture(scope="session")

@@ -179,7 +179,6 @@ def _index_lines(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / "index.jsonl").read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 def assert_one_index_equal_to(store, reference, ids: list[str], rtol: float = 0.0) -> None:
     """Every item once in one index.jsonl (no shard left), one array each, equal to the reference's
     (``rtol``: float16 rounding where the items were batched differently)."""
@@ -192,6 +191,7 @@ def assert_one_index_equal_to(store, reference, ids: list[str], rtol: float = 0.
         np.testing.assert_allclose(store.load(utt), reference.load(utt), rtol=rtol, atol=rtol * 1e-2)
 
 
+@pytest.mark.slow  # an end-to-end run of its own; CI runs it
 def test_extraction_split_over_two_processes_gives_one_index(prepared_dir, tmp_path):
     """extract-audio under ``accelerate launch --num_processes 2``: one merged report, every item
     once in one index, arrays identical to a single-process extraction (extract-visual: the test
