@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("gradio")
-import httpx  # noqa: E402  (installed with gradio)
+pytest.importorskip("fastapi")  # the `serve` extra (Gradio brings FastAPI, httpx, uvicorn)
+import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
 from foalnet.cli import main  # noqa: E402
@@ -32,6 +32,13 @@ LIMITS = Limits(max_upload_mb=2.0, max_duration=12.0, max_waiting=0)
 
 
 # --------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def gradio():
+    """Imported by the tests, not at collection: every pytest-xdist worker collects this file,
+    one runs it, and Gradio's import takes about 3.5 s."""
+    return pytest.importorskip("gradio")
+
+
 @pytest.fixture(scope="module")
 def trained_model(trained_run) -> Path:
     """best/ of `foalnet train` (tiny preset, fold 1, one epoch) on the synthetic corpus."""
