@@ -353,6 +353,30 @@ def test_meld_cli_says_not_speaker_independent(meld_root: Path, tmp_path: Path):
     assert read_manifest(out)[0]["partition"] == "train"
 
 
+def test_meld_runs_and_cv_summaries_say_not_speaker_independent(meld_root: Path, tmp_path: Path):
+    """A run on the official partition and a CV summary over such runs carry the prepare.json
+    warning in their protocol, not the speaker-disjoint wording of the other corpora."""
+    from foalnet.config import preset
+    from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL
+    from foalnet.train.cv import summarize
+    from foalnet.train.run import load_fold
+
+    out = tmp_path / "data"
+    assert main(["prepare", "meld", str(meld_root), "--out", str(out)]) == 1
+    cfg = preset("tiny").override([f"data.data_dir={out}", "data.fold=3", "model.modality=audio",
+                                    "model.use_avel=false", "model.use_mem=false"])
+    fold = load_fold(cfg)
+    assert fold.protocol.startswith(OFFICIAL_SPLIT_PROTOCOL) and not fold.speaker_independent
+    assert "NOT speaker-independent" in fold.protocol and "held-out speakers" not in fold.protocol
+    test = {"ua": 0.5, "wa": 0.5, "macro_f1": 0.5, "confusion": [[1, 1], [1, 1]]}
+    run = {"test": test, "labels": ["neu", "hap"], "speaker_independent": fold.speaker_independent}
+    summary = summarize({3: run}, cfg, rejected=[])
+    assert summary["protocol"].startswith(OFFICIAL_SPLIT_PROTOCOL) and summary["speaker_independent"] is False
+    speaker_folds = summarize({1: {**run, "speaker_independent": True}}, cfg, rejected=[])
+    assert speaker_folds["protocol"].startswith("leave-one-fold-out; best epoch selected on a speaker-disjoint")
+    assert speaker_folds["speaker_independent"] is True
+
+
 # ----------------------------------------------------------------------------- real corpora
 def _corpus_root(name: str) -> Path:
     root = os.environ.get(f"FOALNET_{name}_ROOT")

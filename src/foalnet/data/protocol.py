@@ -74,14 +74,22 @@ def block_speaker_folds(speakers: list[str], k: int) -> dict[str, int]:
     return {spk: i * k // len(ordered) + 1 for i, spk in enumerate(ordered)}
 
 
-def _has_partition(records: list[dict]) -> bool:
+# what a run and a CV summary say about the protocol of a corpus with an official partition
+OFFICIAL_SPLIT_PROTOCOL = ("the corpus's official train/dev/test partition (best epoch selected on "
+                           "its dev partition; test untouched during selection); NOT "
+                           "speaker-independent: its speakers recur across the partitions")
+
+
+def has_official_split(records: list[dict]) -> bool:
+    """The records carry the corpus's own train/dev/test partition (MELD), not speaker folds."""
     return any(r.get("partition") is not None for r in records)
+
 
 
 def folds_of(records: list[dict]) -> list[int]:
     """The test folds, sorted (IEMOCAP: sessions 1..5). With an official partition (MELD) only
     the test partition's fold: testing on its train or dev split is not its protocol."""
-    if _has_partition(records):
+    if has_official_split(records):
         return sorted({int(r["fold"]) for r in records if r.get("partition") == "test"})
     return sorted({int(r["fold"]) for r in records})
 
@@ -136,7 +144,7 @@ def split_fold(records: list[dict], test_fold: int, dev_speakers: int = 1,
     if not test:
         raise UsageError(f"no records in test fold {test_fold}; folds are {folds_of(records)}")
     pool = [r for r in records if int(r["fold"]) != int(test_fold)]
-    if _has_partition(records):
+    if has_official_split(records):
         return _official_split(test, pool, test_fold, dev_speakers)
     if dev_speakers <= 0:
         return FoldSplit(train=pool, dev=[], test=test)

@@ -26,6 +26,7 @@ import numpy as np
 
 from foalnet.config import ExperimentConfig
 from foalnet.data.files import write_text_atomic
+from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL
 from foalnet.train.loop import tagged
 from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
                                    bootstrap_cv, metrics_from_confusion, plot_confusion)
@@ -199,9 +200,12 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[d
     pooled = np.sum([np.asarray(per_fold[k]["test"]["confusion"]) for k in folds], axis=0)
     out["pooled"] = {k: v for k, v in metrics_from_confusion(pooled).items()}
     out["labels"] = per_fold[folds[0]]["labels"]
+    speaker_independent = all(per_fold[k].get("speaker_independent", True) for k in folds)
     out["protocol"] = (PAPER_PROTOCOL if cfg.data.select_on_test else (
         "leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the training "
-        "folds; test fold untouched during selection")) + speaker_norm_note(cfg)
+        "folds; test fold untouched during selection") if speaker_independent else
+        OFFICIAL_SPLIT_PROTOCOL) + speaker_norm_note(cfg)
+    out["speaker_independent"] = speaker_independent
     out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
     out["selection"] = [per_fold[k].get("selection") for k in folds]  # stability, train/loop.py
     out["skipped_items"] = len({r["id"] for r in rejected})

@@ -60,6 +60,7 @@ class FoldData:
     labels: list[str]
     protocol: str
     store: object | None
+    speaker_independent: bool = True  # False for a corpus's official partition (MELD)
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -114,7 +115,7 @@ def single_process_cpu_launch(env: Mapping[str, str]) -> str | None:
 def load_fold(cfg: ExperimentConfig) -> FoldData:
     """Read the manifest, split the fold (dev from training folds only), open the visual cache."""
     from foalnet.data.manifest import read_manifest, read_prepare_meta
-    from foalnet.data.protocol import split_fold
+    from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL, has_official_split, split_fold
 
     d = cfg.data
     records = read_manifest(d.data_dir)
@@ -123,13 +124,16 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
                        seed=cfg.train.seed)
     if d.select_on_test:
         train, dev, protocol = split.train + split.dev, split.test, PAPER_PROTOCOL
+    elif has_official_split(records):
+        train, dev, protocol = split.train, split.dev, OFFICIAL_SPLIT_PROTOCOL
     else:
         train, dev = split.train, split.dev
         dev_speakers = sorted({str(r.get("speaker")) for r in dev})
         protocol = (f"dev split from the training folds (held-out speakers {', '.join(dev_speakers)}); "
                     f"test fold {d.fold} untouched during selection")
     store = open_visual_store(cfg) if cfg.model.modality in ("av", "video") else None
-    return FoldData(train, dev, split.test, labels, protocol + speaker_norm_note(cfg), store)
+    return FoldData(train, dev, split.test, labels, protocol + speaker_norm_note(cfg), store,
+                    speaker_independent=not has_official_split(records))
 
 
 def speaker_norm_note(cfg: ExperimentConfig) -> str:
@@ -402,6 +406,7 @@ def _test_and_report(cfg, acc, engine: Engine, model, test_loader, fold: FoldDat
         "selected_score": state.best_score,
         "selection": engine.selection_report(state.history, len(fold.dev)),
         "protocol": fold.protocol,
+        "speaker_independent": fold.speaker_independent,
         "fold": cfg.data.fold,
         "modality": cfg.model.modality,
         "use_avel": cfg.model.use_avel,
