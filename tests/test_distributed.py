@@ -36,7 +36,11 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, sys.argv[3])
     from test_distributed import global_batch, tiny_model
 
+    from foalnet.cli import main
+
     out_dir, data_dir = sys.argv[1], sys.argv[2]
+    if main(["extract-audio", data_dir, "--preset", "tiny", "--no-progress"]) != 0:
+        sys.exit(1)
     acc = Accelerator(cpu=True)
     model = tiny_model()
     batch = global_batch()
@@ -49,7 +53,6 @@ WORKER = textwrap.dedent(
         json.dump({"avel": gathered.mean().item(), "world": n, "type": str(acc.distributed_type),
                    "backend": acc.state.backend}, open(out_dir + "/avel.json", "w"))
     acc.wait_for_everyone()
-    from foalnet.cli import main
     sys.exit(main(["train", data_dir, "--fold", "1", "--out", out_dir + "/run", "--preset", "tiny",
                    "--set", "train.epochs=1", "--set", "train.batch_size=4"]))
     """
@@ -84,18 +87,22 @@ def data_dir(visual_dir, tmp_path_factory) -> Path:
     return make_visual_data(Path(visual_dir), tmp_path_factory.mktemp("ddp") / "data")
 
 
+@pytest.fixture(scope="module")
+def launched(data_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``accelerate launch --num_processes 2`` of WORKER (every launch starts two interpreters
+    that import torch): ``extract-audio`` of data_dir, the gathered AVEL, then ``foalnet train``."""
+    out = tmp_path_factory.mktemp("launch")
+    script = out / "worker.py"
+    script.write_text(WORKER)
+    return out, _launch([str(out), str(data_dir), str(Path(__file__).parent)], script)
+
+
 @pytest.mark.slow  # an end-to-end run of its own; CI runs it
-def test_accelerate_launch_two_cpu_processes(data_dir, tmp_path):
+def test_accelerate_launch_two_cpu_processes(launched, data_dir):
     from foalnet.config import preset
     from foalnet.train.run import load_fold
 
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(script), str(tmp_path), str(data_dir), str(Path(__file__).parent)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    tmp_path, proc = launched
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # (1) gathered AVEL == single-process AVEL on the same global batch
@@ -192,30 +199,36 @@ def assert_one_index_equal_to(store, reference, ids: list[str], rtol: float = 0.
 
 
 @pytest.mark.slow  # an end-to-end run of its own; CI runs it
-def test_extraction_split_over_two_processes_gives_one_index(prepared_dir, tmp_path):
-    """extract-audio under ``accelerate launch --num_processes 2``: one merged report, every item
-    once in one index, arrays identical to a single-process extraction (extract-visual: the test
-    below, whose second run is a complete 2-process extraction of what the first left)."""
+def test_extraction_split_over_two_processes_gives_one_index(launched, data_dir, prepared_dir, tmp_path):
+    """extract-audio under ``accelerate launch --num_processes 2`` (the launch above, before it
+    trains): one merged report, every item once in one index, arrays identical to a
+    single-process extraction, all reused by the training (extract-visual: the test below)."""
+    import re
+
     from foalnet.cli import main
     from foalnet.data.manifest import read_manifest
     from foalnet.features.store import AudioFrontendStore
 
-    data = _fresh_copy(Path(prepared_dir), tmp_path / "data")
-    proc = _launch(["extract-audio", str(data), "--preset", "tiny", "--no-progress"])
+    proc = launched[1]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count(" done ") == 1  # one merged report, printed by the main process
+    ids = sorted(r["id"] for r in read_manifest(data_dir))
+    reports = [tuple(map(int, m)) for m in re.findall(r"audio front end \S+: done (\d+), reused (\d+)", proc.stdout)]
+    # one merged report per command, printed by the main process: the extraction, then training's check
+    assert reports == [(len(ids), 0), (0, len(ids))], proc.stdout[-2000:]
     single = _fresh_copy(Path(prepared_dir), tmp_path / "single")
     assert main(["extract-audio", str(single), "--preset", "tiny", "--no-progress"]) == 0
-    ids = sorted(r["id"] for r in read_manifest(data))
-    assert_one_index_equal_to(AudioFrontendStore.open(data), AudioFrontendStore.open(single), ids)
+    assert_one_index_equal_to(AudioFrontendStore.open(data_dir), AudioFrontendStore.open(single), ids)
 
 
 @pytest.mark.slow  # an end-to-end run of its own; CI runs it
-def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(prepared_dir, data_dir, tmp_path):
-    """Process 1 dies after 3 items: what both processes wrote is complete and listed; a rerun
-    (2 processes again) reuses all of it, writes no array twice and computes only the missing."""
+def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(prepared_dir, data_dir, tmp_path,
+                                                                            capsys):
+    """Process 1 of 2 dies after 3 items: what both processes wrote is complete and listed; a
+    rerun (here one process: the count may change between runs) folds the dead run's index
+    shards in, reuses all of it, writes no array twice and computes only the missing."""
     import re
 
+    from foalnet.cli import main
     from foalnet.data.manifest import read_manifest
     from foalnet.features.store import VisualFeatureStore
 
@@ -231,12 +244,11 @@ def test_a_dead_extraction_process_loses_nothing_and_the_rerun_does_the_rest(pre
     assert all(store.has(utt) for utt in listed)  # every listed item has its array
     assert len(before) == len(listed)  # and no array without its index line
 
-    proc = _launch(args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    done, reused = map(int, re.search(r"done (\d+), reused (\d+)", proc.stdout).groups())
+    capsys.readouterr()
+    assert main(args) == 0
+    done, reused = map(int, re.search(r"done (\d+), reused (\d+)", capsys.readouterr().out).groups())
     ids = sorted(r["id"] for r in read_manifest(data))
     assert reused == len(listed) and done == len(ids) - len(listed)
-    assert proc.stdout.count(" done ") == 1  # one merged report, printed by the main process
     after = _store_files(store.root)
     assert all(after[name] == stamp for name, stamp in before.items())  # none written again
     # one index of every item, arrays equal to a single-process extraction (data_dir's) up to
