@@ -23,7 +23,7 @@ test: setup
 	@if [ -n "$$CI" ] && ! command -v chromium >/dev/null; then \
 	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "no chromium: browser tests skipped"; fi
 	@# one process per core (pytest-xdist), one torch thread each: the suite is mostly single-threaded
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 demo: setup
 	$(VENV)/bin/foalnet demo --out $(DEMO_DIR)

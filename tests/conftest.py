@@ -13,6 +13,22 @@ from pathlib import Path
 import pytest
 
 CORPUS_ENV = "FOALNET_IEMOCAP_ROOT"
+# pytest-xdist hands files to its workers in this order (`make test`: --no-loadscope-reorder), the
+# longest first, so that no worker ends on a long file alone (pytest --durations=0, 2 cores):
+# test_serve builds the shared trained run that test_predict, scheduled later, then reuses
+FIRST = ("test_serve.py", "test_benchmarks.py", "test_distributed.py", "test_mixed_precision.py",
+         "test_resume.py", "test_cv.py")
+LAST = ("test_predict.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST) + (name in LAST)
+
+    items.sort(key=rank)  # stable: the usual order within a rank
+
+
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
     """A folder that ``build`` fills, made once per test run: under pytest-xdist the first worker
     builds it in the run's common temp folder while the others wait on a file lock, then all
