@@ -39,9 +39,9 @@ WORKER = textwrap.dedent(
     from foalnet.cli import main
 
     out_dir, data_dir = sys.argv[1], sys.argv[2]
+    acc = Accelerator(cpu=True)  # first: the extraction then meets in its process group (one per process)
     if main(["extract-audio", data_dir, "--preset", "tiny", "--no-progress"]) != 0:
         sys.exit(1)
-    acc = Accelerator(cpu=True)
     model = tiny_model()
     batch = global_batch()
     B, n, r = len(batch["labels"]), acc.num_processes, acc.process_index
