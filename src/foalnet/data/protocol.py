@@ -85,7 +85,6 @@ def has_official_split(records: list[dict]) -> bool:
     return any(r.get("partition") is not None for r in records)
 
 
-
 def folds_of(records: list[dict]) -> list[int]:
     """The test folds, sorted (IEMOCAP: sessions 1..5). With an official partition (MELD) only
     the test partition's fold: testing on its train or dev split is not its protocol."""
