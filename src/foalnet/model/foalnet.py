@@ -218,11 +218,13 @@ class CrossAttentionLayer(nn.Module):
             q, query, packing = q.repeat(query_repeat, 1), query.repeat(query_repeat, 1), packing.repeat(query_repeat)
         B, Lq = packing.batch, packing.length
         k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
-        M, Lk = k.shape[:2]
+        if context_index is not None:  # whole rows of the projections, before the heads' transpose
+            k, v = k.index_select(0, context_index), v.index_select(0, context_index)  # (B, Lk, D)
+        Lk = k.shape[1]
         q = packing.unpack(q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
-        k = k.view(M, Lk, H, D // H).transpose(1, 2)  # (M, H, Lk, D/H)
-        v = v.view(M, Lk, H, D // H).transpose(1, 2)  # (M, H, Lk, D/H)
-        out = key_masked_attention(q, k, v, keys, context_index)  # (B, H, Lq, D/H)
+        k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
+        v = v.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, H, Lq, D/H), torch's SDPA
         if no_key is not None:  # rare (a video with no frame)
             out = out.masked_fill(no_key[:, None, None, None], 0.0)
         out = packing.pack(out.transpose(1, 2).reshape(B, Lq, D))  # (N', D)
@@ -263,16 +265,6 @@ class CrossAttentionStack(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def key_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor,
-                         context_index: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention of q [B,H,Lq,d] on k, v [M,H,Lk,d] with a boolean key-padding
-    mask [B,1,1,Lk]; query row r attends to context row ``context_index[r]`` (default r, M = B).
-    torch's SDPA on every device (index_select: a plain gather of the context rows)."""
-    if context_index is not None:
-        k, v = k.index_select(0, context_index), v.index_select(0, context_index)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
-
-
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     """L2-normalised rows [B, P] in float32; a zero row stays zero with a bounded gradient.
     F.normalize's eps (1e-12) is 0 in float16, and its gradient at a zero row is 1/eps."""
