@@ -7,10 +7,12 @@ process (N is not passed on, so foalnet cannot re-spawn; it warns instead, see t
 ``--cpu`` uses torchrun, and on a machine without GPUs ``Accelerator`` then runs MULTI_CPU over
 gloo. ``torchrun --nproc_per_node 2 -m foalnet train ...`` is equivalent.
 
-One launch checks both: (1) the AVEL loss with the "j" side gathered from both processes, averaged
-over processes, equals the single-process AVEL on the same global batch; (2) ``foalnet train``
-runs data-parallel (each process takes every other batch) and writes a complete run folder.
-The extractors split the manifest over 2 processes (one index; a killed process loses nothing).
+One launch (each starts two interpreters that import torch, so they are few) checks three things:
+``extract-audio`` splits the manifest over the 2 processes (one index, arrays equal to one process's);
+the AVEL loss with the "j" side gathered from both processes, averaged over processes, equals the
+single-process AVEL on the same global batch; ``foalnet train`` runs data-parallel (each process
+takes every other batch), reuses that audio cache and writes a complete run folder. A second launch
+kills one ``extract-visual`` process: nothing it wrote is lost, and a rerun does the rest.
 """
 from __future__ import annotations
 
