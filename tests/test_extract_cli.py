@@ -5,7 +5,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,19 +62,14 @@ def test_extracts_every_utterance_of_the_synthetic_corpus(data, caplog):
 
 
 def test_second_run_reuses_everything_and_rewrites_nothing(data):
-    t0 = time.perf_counter()
     first = extract_visual(data, TinyVisualEncoder(), progress=False)
-    first_seconds = time.perf_counter() - t0
     arrays = sorted((data / "visual" / "tiny" / "arrays").iterdir())
     stamps = [p.stat().st_mtime_ns for p in arrays]
     index_lines = (data / "visual" / "tiny" / "index.jsonl").read_text().count("\n")
-    t0 = time.perf_counter()
     second = extract_visual(data, TinyVisualEncoder(), progress=False)
-    second_seconds = time.perf_counter() - t0
     assert (second.done, second.reused, second.failed, second.frames) == (0, first.done, 0, 0)
     assert [p.stat().st_mtime_ns for p in arrays] == stamps
     assert (data / "visual" / "tiny" / "index.jsonl").read_text().count("\n") == index_lines
-    assert second_seconds < 0.5 * first_seconds
 
 
 def test_changed_span_is_recomputed_the_rest_reused(data):
