@@ -122,9 +122,10 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
     labels = list(read_prepare_meta(d.data_dir)["labels"])
     split = split_fold(records, d.fold, dev_speakers=resolve_dev_speakers(records, d),
                        seed=cfg.train.seed)
+    official = has_official_split(records)
     if d.select_on_test:
         train, dev, protocol = split.train + split.dev, split.test, PAPER_PROTOCOL
-    elif has_official_split(records):
+    elif official:
         train, dev, protocol = split.train, split.dev, OFFICIAL_SPLIT_PROTOCOL
     else:
         train, dev = split.train, split.dev
@@ -133,14 +134,13 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
                     f"test fold {d.fold} untouched during selection")
     store = open_visual_store(cfg) if cfg.model.modality in ("av", "video") else None
     return FoldData(train, dev, split.test, labels, protocol + speaker_norm_note(cfg), store,
-                    speaker_independent=not has_official_split(records))
+                    speaker_independent=not official)
 
 
 def speaker_norm_note(cfg: ExperimentConfig) -> str:
     """What the protocol line adds when the audio front end is z-scored per speaker: the test
     speakers' statistics come from their own (unlabelled) test clips."""
-    model = cfg.model  # a FoalNetConfig, or the SVM baseline's view of one (no audio options)
-    if getattr(model, "modality", "audio") == "video" or not (getattr(model, "audio_options", None) or {}).get("speaker_norm"):
+    if cfg.model.modality == "video" or not (cfg.model.audio_options or {}).get("speaker_norm"):
         return ""
     return ("; audio features z-scored per speaker with each speaker's own clips, test speakers "
             "included (their unlabelled test audio; `foalnet predict` uses the training speakers' "
