@@ -14,8 +14,11 @@ from foalnet.model import FoalNet, FoalNetConfig
 from foalnet.model.audio import AUDIO_ENCODERS, HFAudioEncoder, build_audio_encoder, register_audio_encoder
 
 D_VIDEO = 12
+# at least 16 channels per convolution group: oneDNN's AMX bfloat16 convolution (torch 2.13 on CPUs
+# with AMX) returns wrong values for some narrower ones (4 or 8 channels per group); the paper's
+# widths (512 CNN channels, 64 per positional group) are not affected (docs/ARCHITECTURE.md)
 TINY_WAVLM = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-              "conv_dim": [8, 8, 8, 8]}
+              "conv_dim": [32, 32, 32, 32], "num_conv_pos_embedding_groups": 1}
 
 
 class FrameEncoder(nn.Module):
