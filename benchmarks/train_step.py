@@ -68,6 +68,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import re
 import resource
 import statistics
@@ -342,11 +343,13 @@ def worker(args: argparse.Namespace) -> dict:
     n = args.warmup + args.steps
     batches = [make_batch(args.batch_size, args.lengths, args.seed + i, args.seconds) for i in range(n)]
     cached, frontend = None, {}
+    if args.fill_cache:  # a process of its own, as `foalnet extract-audio` is
+        return fill_cache(model, batches, Path(args.fill_cache))
     if args.impl.startswith("cached"):  # the one-off cache fill, timed on its own (not part of a step)
-        c0 = time.process_time()
-        cached = [frontend_items(model, b) for b in batches]
-        audio_s = sum(len(w) for b in batches for w in b.waves) / SAMPLE_RATE
-        frontend = {"frontend_cpu_s_per_audio_s": (time.process_time() - c0) / audio_s}
+        if args.fill_in_worker:
+            cached, frontend = fill_frontend(model, batches)
+        else:
+            cached, frontend = load_filled_cache(args)
     gc.collect()  # the cache fill's Python garbage (its tensors are freed already)
     rss_before = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
     # warm-up steps also allocate the AdamW state; the reset happens before them so it counts
@@ -357,6 +360,7 @@ def worker(args: argparse.Namespace) -> dict:
     return {
         "impl": args.impl, "layers": args.layers[0], "lengths": args.lengths, "seconds": args.seconds,
         "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup, "allocator": "default",
+        "cache_fill": ("training process" if args.fill_in_worker else "other process") if cached is not None else None,
         "step_cpu_s_median": statistics.median(cpu), "step_cpu_s_all": cpu,
         "step_s_median": statistics.median(wall), "step_s_all": wall,
         "rss_before_gib": rss_before / 2**20,
@@ -365,6 +369,37 @@ def worker(args: argparse.Namespace) -> dict:
         "peak_reset": reset_ok,
         "foalnet_py_sha1": model_source_hash(), **frontend,
     }
+
+
+def fill_frontend(model, batches: list[Batch]) -> tuple[list, dict]:
+    """Every batch's front-end features and the fill's CPU seconds per second of audio."""
+    c0 = time.process_time()
+    cached = [frontend_items(model, b) for b in batches]
+    audio_s = sum(len(w) for b in batches for w in b.waves) / SAMPLE_RATE
+    return cached, {"frontend_cpu_s_per_audio_s": (time.process_time() - c0) / audio_s}
+
+
+def fill_cache(model, batches: list[Batch], path: Path) -> dict:
+    """``--fill-cache``: write the front-end features of the worker's batches to ``path``."""
+    cached, frontend = fill_frontend(model, batches)
+    with path.open("wb") as f:
+        pickle.dump((cached, frontend), f)
+    return {"filled": str(path), **frontend}
+
+
+def load_filled_cache(args: argparse.Namespace) -> tuple[list, dict]:
+    """The cached features as `foalnet train` gets them by default: filled by another process
+    (``extract-audio``, or the first fold of a cv run) and read from disk. Filling the cache in
+    the training process itself leaves about 0.7 GiB of freed front-end buffers in glibc's heap,
+    which then counts in that process's peak (``--fill-in-worker`` measures that case)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "frontend.pkl"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--fill-cache", str(path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cache fill failed:\n{proc.stderr[-3000:]}")
+        with path.open("rb") as f:
+            return pickle.load(f)
 
 
 def model_source_hash() -> str:
@@ -380,11 +415,14 @@ def model_source_hash() -> str:
 
 
 def run_config(model_dir: Path, impl: str, layers: int, lengths: str, steps: int, warmup: int,
-               threads: int, batch_size: int, seed: int, seconds: float | None = None) -> dict:
+               threads: int, batch_size: int, seed: int, seconds: float | None = None,
+               fill_in_worker: bool = False) -> dict:
     """Measure one configuration in a fresh subprocess (clean peak-memory accounting)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl, "--layers", str(layers),
            "--lengths", lengths, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads),
            "--batch-size", str(batch_size), "--seed", str(seed), "--model-dir", str(model_dir)]
+    if fill_in_worker:
+        cmd.append("--fill-in-worker")
     if seconds is not None:
         cmd += ["--seconds", str(seconds)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -531,12 +569,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lengths", choices=("mix", "full"), default="mix", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--fill-cache", help=argparse.SUPPRESS)
+    p.add_argument("--fill-in-worker", action="store_true",
+                   help="cached rows: fill the front-end cache in the training process itself (by default "
+                        "another process fills it and the training process reads it, as after extract-audio)")
     return p.parse_args(argv)
 
 
 def config_key(r: dict) -> tuple:
     """What makes two measurements the same configuration (for resuming)."""
-    return (r["impl"], r["layers"], r["lengths"], r["seconds"], r["batch_size"], r["threads"])
+    fill = r.get("cache_fill", "training process" if r["impl"].startswith("cached") else None)  # older records
+    return (r["impl"], r["layers"], r["lengths"], r["seconds"], r["batch_size"], r["threads"], fill)
 
 
 def load_log(path: Path) -> dict[tuple, dict[int, dict]]:
@@ -584,7 +627,8 @@ class Session:
         """``model_dir``: a callable returning the checkpoint folder (built only when needed);
         ``runs`` fresh processes, combined by ``combine_runs``."""
         a = self.args
-        key = (impl, layers, lengths, seconds, a.batch_size, a.threads)
+        fill = ("training process" if a.fill_in_worker else "other process") if impl.startswith("cached") else None
+        key = (impl, layers, lengths, seconds, a.batch_size, a.threads, fill)
         done = self.done.setdefault(key, {})
         for run in range(runs):
             if run in done:
@@ -592,7 +636,8 @@ class Session:
                 print(f"  {impl:8s} L={layers:2d} {lengths if seconds is None else seconds} run {run}: "
                       f"CPU {r['step_cpu_s_median']:.2f} s (from {self.log.name})", flush=True)
                 continue
-            r = run_config(model_dir(), impl, layers, lengths, steps, a.warmup, a.threads, a.batch_size, a.seed, seconds)
+            r = run_config(model_dir(), impl, layers, lengths, steps, a.warmup, a.threads, a.batch_size, a.seed, seconds,
+                           a.fill_in_worker)
             r["load_avg_1min"], r["run"] = os.getloadavg()[0], run
             with self.log.open("a") as f:
                 f.write(json.dumps(r) + "\n")

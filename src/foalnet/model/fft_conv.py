@@ -78,7 +78,10 @@ def kernel_spectrum(weight: torch.Tensor, groups: int, n: int, bins: int) -> tor
     angle = (-2.0 * torch.pi / n) * freq * (K - 1 - tap)  # tap k of the flipped kernel sits at K-1-k
     cos, sin = torch.cos(angle).to(weight.dtype), torch.sin(angle).to(weight.dtype)  # (bins, K)
     taps_first = weight.view(groups, O // groups * Cg, K).transpose(1, 2)  # (G, K, Og*Cg), a view
-    return torch.complex(cos @ taps_first, sin @ taps_first).view(groups, bins, O // groups, Cg)
+    # real and imaginary parts stacked as a complex tensor's layout: torch.complex would keep both
+    # parts for its backward (0.1 GiB for WavLM-Large's kernel), the view keeps nothing
+    parts = torch.stack([cos @ taps_first, sin @ taps_first], dim=-1)  # (G, bins, Og*Cg, 2)
+    return torch.view_as_complex(parts).view(groups, bins, O // groups, Cg)
 
 
 def uses_fft(conv: nn.Conv1d, x: torch.Tensor) -> bool:
