@@ -360,7 +360,7 @@ def worker(args: argparse.Namespace) -> dict:
     return {
         "impl": args.impl, "layers": args.layers[0], "lengths": args.lengths, "seconds": args.seconds,
         "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup, "allocator": "default",
-        "cache_fill": ("training process" if args.fill_in_worker else "other process") if cached is not None else None,
+        "cache_fill": cache_fill(args.impl, args.fill_in_worker),
         "step_cpu_s_median": statistics.median(cpu), "step_cpu_s_all": cpu,
         "step_s_median": statistics.median(wall), "step_s_all": wall,
         "rss_before_gib": rss_before / 2**20,
@@ -369,6 +369,13 @@ def worker(args: argparse.Namespace) -> dict:
         "peak_reset": reset_ok,
         "foalnet_py_sha1": model_source_hash(), **frontend,
     }
+
+
+def cache_fill(impl: str, fill_in_worker: bool) -> str | None:
+    """Where a row's front-end cache was filled (part of its configuration); None: no cache."""
+    if not impl.startswith("cached"):
+        return None
+    return "training process" if fill_in_worker else "other process"
 
 
 def fill_frontend(model, batches: list[Batch]) -> tuple[list, dict]:
@@ -394,7 +401,7 @@ def load_filled_cache(args: argparse.Namespace) -> tuple[list, dict]:
     which then counts in that process's peak (``--fill-in-worker`` measures that case)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "frontend.pkl"
-        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--fill-cache", str(path)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--fill-cache", str(path)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"cache fill failed:\n{proc.stderr[-3000:]}")
@@ -578,7 +585,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def config_key(r: dict) -> tuple:
     """What makes two measurements the same configuration (for resuming)."""
-    fill = r.get("cache_fill", "training process" if r["impl"].startswith("cached") else None)  # older records
+    fill = r.get("cache_fill", cache_fill(r["impl"], True))  # older records filled it in the worker
     return (r["impl"], r["layers"], r["lengths"], r["seconds"], r["batch_size"], r["threads"], fill)
 
 
@@ -627,8 +634,7 @@ class Session:
         """``model_dir``: a callable returning the checkpoint folder (built only when needed);
         ``runs`` fresh processes, combined by ``combine_runs``."""
         a = self.args
-        fill = ("training process" if a.fill_in_worker else "other process") if impl.startswith("cached") else None
-        key = (impl, layers, lengths, seconds, a.batch_size, a.threads, fill)
+        key = (impl, layers, lengths, seconds, a.batch_size, a.threads, cache_fill(impl, a.fill_in_worker))
         done = self.done.setdefault(key, {})
         for run in range(runs):
             if run in done:
@@ -649,6 +655,7 @@ class Session:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a worker passes them on to its cache fill
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
