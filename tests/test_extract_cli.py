@@ -56,7 +56,9 @@ def test_extracts_every_utterance_of_the_synthetic_corpus(data, caplog):
     # training features == what inference computes for the same span and side
     rec = next(r for r in records if r["side"] == "right")
     same = embed_video(rec["video"], TinyVisualEncoder(), rec["side"], rec["start"], rec["end"])
-    np.testing.assert_array_equal(store.load(rec["id"]), same)
+    # equal up to one float16 step: the frames go through the encoder in other batches, and CPU
+    # matrix kernels may round differently by batch size (seen on an AMD EPYC VM)
+    np.testing.assert_allclose(store.load(rec["id"]), same, rtol=2**-10, atol=2**-14)
     assert f"done {len(records)}, reused 0, failed 0" in caplog.text
     assert _rejected(data) == []
 

@@ -4,7 +4,7 @@
 the encoder's own modules. These tests pin, on the same weights: transformers' encoder == the
 packed one on valid frames, for both layer-norm variants and WavLM-Large's positional kernel, in
 eval and in training (dropout off), outputs and parameter gradients; padding invariance;
-activation checkpointing; a loud failure on an encoder whose internals differ; and which models
+activation checkpointing; the attention recompute (same function, no T x T tensor kept); a loud failure on an encoder whose internals differ; and which models
 take the path.
 """
 from __future__ import annotations
@@ -194,6 +194,52 @@ def test_activation_checkpointing_gives_the_same_gradients():
     checkpointed = grads()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _saved_shapes(fn) -> list[tuple[int, ...]]:
+    """Shapes of the tensors autograd keeps for the backward pass while ``fn()`` runs."""
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return shapes
+
+
+def test_attention_recompute_gives_the_same_outputs_and_gradients_and_keeps_no_probabilities():
+    """Training with dropout: recomputing the attention core in the backward pass replays the same
+    dropout mask, so outputs and every gradient are those of the plain path; and no [b, heads,
+    T, T] tensor (bias, probabilities, mask) is kept for backward, which is the point of it."""
+    encoder = HFAudioEncoder(_wavlm(True, 128, dropout=0.1))
+    encoder.freeze_feature_encoder()
+    encoder.train()
+    features = torch.randn(3, 30, 32)
+    mask = torch.arange(30)[None, :] < torch.tensor([30, 12, 5])[:, None]
+    runs = {}
+    for recompute in (False, True):
+        encoder.use_packed_encoder(True, recompute_attention=recompute)
+        encoder.zero_grad()
+        torch.manual_seed(7)
+        out = {}
+
+        def step():
+            hidden, frame_mask = encoder.encode_frontend(features, mask)
+            out["loss"] = hidden[frame_mask].pow(2).sum()
+
+        shapes = _saved_shapes(step)
+        out["loss"].backward()
+        square = [s for s in shapes if len(s) == 4 and s[-1] == s[-2] and s[1] == 4]  # (b, 4 heads, T, T)
+        runs[recompute] = (out["loss"].detach(), square,
+                           {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
+    (loss_plain, square_plain, grads_plain), (loss_re, square_re, grads_re) = runs[False], runs[True]
+    assert square_plain and not square_re
+    torch.testing.assert_close(loss_re, loss_plain, rtol=1e-6, atol=0)
+    assert grads_re.keys() == grads_plain.keys() and len(grads_plain) > 10
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_re[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_packing_round_trip():

@@ -434,7 +434,8 @@ def test_window_frames_equal_per_window_embedding(av_predictor, clips):
         alone = embed_video(path, av_predictor.visual_encoder, "full", start=start,
                             end=None if end >= 3.0 else end).astype(np.float32)
         assert feats.shape[1] == 128 and 25 <= len(feats) <= 26  # 1 s at 25 fps (+ an edge frame)
-        np.testing.assert_array_equal(feats, alone[:30])
+        # up to one float16 step (other frame batches: CPU kernels may round by batch size)
+        np.testing.assert_allclose(feats, alone[:30], rtol=2**-10, atol=2**-14)
 
 
 def test_video_model_windows(models, clips):

@@ -95,11 +95,15 @@ class HFAudioEncoder(nn.Module):
         self.min_frames = max(1, int(getattr(model.config, "mask_time_length", 1) or 1))
         self.min_samples = samples_for_frames(self.min_frames, model.config.conv_kernel, model.config.conv_stride)
         self.packed = supports_packed(model)  # WavLM: transformer layers on valid frames only
+        self.recompute_attention = True  # packed path, training on CPU (wavlm_packed.attention)
 
-    def use_packed_encoder(self, enabled: bool) -> None:
+    def use_packed_encoder(self, enabled: bool, recompute_attention: bool = True) -> None:
         """Run WavLM's transformer layers on valid frames only (``wavlm_packed``; same function).
-        Other model types always use their own encoder."""
+        Other model types always use their own encoder. ``recompute_attention``: in training on
+        CPU, recompute the attention probabilities in the backward pass instead of keeping them
+        (``wavlm_packed.attention``; same function, less memory)."""
         self.packed = bool(enabled) and supports_packed(self.model)
+        self.recompute_attention = bool(recompute_attention)
 
     def freeze_feature_encoder(self) -> None:
         """Freeze the CNN feature encoder. With frozen weights and an input that needs no grad,
@@ -199,7 +203,9 @@ class HFAudioEncoder(nn.Module):
         hidden = projected[0] if isinstance(projected, tuple) else projected  # HuBERT returns one tensor
         hidden = self.model._mask_hidden_states(hidden, attention_mask=encoder_mask)
         if self.packed:
-            hidden = packed_encoder_forward(self.model.encoder, hidden, encoder_mask)
+            # CUDA's memory-efficient SDPA kernel keeps no probabilities: nothing to recompute there
+            recompute = self.recompute_attention and hidden.device.type == "cpu"
+            hidden = packed_encoder_forward(self.model.encoder, hidden, encoder_mask, recompute_attention=recompute)
         else:
             hidden = self.model.encoder(hidden, attention_mask=encoder_mask)[0]
         return hidden, feature_mask

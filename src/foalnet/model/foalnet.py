@@ -33,6 +33,7 @@ from foalnet.model.audio import (
     save_audio_encoder_config,
     write_json_atomic,
 )
+from foalnet.model.dropout import Dropout
 from foalnet.model.distributed import gather_batch
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
 from foalnet.model.packing import Packing
@@ -61,6 +62,9 @@ class FoalNetConfig:
     freeze_feature_encoder: bool = True  # CNN feature encoder frozen (spec §1.1)
     audio_gradient_checkpointing: bool = False  # activation checkpointing inside a transformers encoder
     audio_packed_encoder: bool = True  # WavLM layers on valid frames only (same function, less work)
+    # packed WavLM training on CPU: attention probabilities recomputed in the backward pass, not
+    # kept (same function; wavlm_packed.attention)
+    audio_attention_recompute: bool = True
     sample_rate: int = 16000  # Hz expected by the audio encoder
     max_audio_seconds: float = 6.0  # the data crops waveforms to this (96,000 samples at 16 kHz)
     normalize_audio: bool = False  # zero-mean unit-variance per utterance (off in the original)
@@ -166,7 +170,7 @@ class ProjectionBlock(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(d_in, d_out, bias=False)
         self.linear2 = nn.Linear(d_out, d_out, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +202,7 @@ class CrossAttentionLayer(nn.Module):
         self.k_proj = nn.Linear(key_dim, query_dim)
         self.v_proj = nn.Linear(key_dim, query_dim)
         self.out_proj = nn.Linear(query_dim, query_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(query_dim)
 
     def forward(self, query: torch.Tensor, packing: Packing, context: torch.Tensor, keys: torch.Tensor,
@@ -325,7 +329,7 @@ class FoalNet(nn.Module):
                 c.audio_encoder, c.audio_options, freeze_feature_encoder=c.freeze_feature_encoder,
                 gradient_checkpointing=c.audio_gradient_checkpointing)
             if hasattr(self.audio_encoder, "use_packed_encoder"):
-                self.audio_encoder.use_packed_encoder(c.audio_packed_encoder)
+                self.audio_encoder.use_packed_encoder(c.audio_packed_encoder, c.audio_attention_recompute)
             audio_dim = int(self.audio_encoder.hidden_size)
             resolved_options = getattr(self.audio_encoder, "to_dict", None)
             if callable(resolved_options):
@@ -336,7 +340,7 @@ class FoalNet(nn.Module):
             audio_dim = 0
         video_dim = c.video_dim if self.uses_video else 0
         self.audio_dim, self.video_dim = audio_dim, video_dim
-        self.feature_dropout = nn.Dropout(c.feature_dropout)
+        self.feature_dropout = Dropout(c.feature_dropout)
         new_layers: list[nn.Module] = []
         # alignment (AVEL)
         if c.use_avel:

@@ -10,8 +10,11 @@ position bias and the key padding in one float ``attn_mask``, so each valid fram
 keys it sees in transformers. The positional convolution is the encoder's own module, on the
 padded batch (padding is zero there, as in transformers), except on CPU, where its convolution
 runs by FFT (``fft_conv.py``: torch's FFT and matmul, measured 3x cheaper than oneDNN's grouped
-128-tap kernel there). Otherwise every device runs torch's and transformers' own code, in
-whatever dtype autocast gives it.
+128-tap kernel there). In training on CPU the attention core is recomputed in the backward pass
+instead of keeping its T x T tensors (``attention``). Dropout is torch's ``native_dropout`` kernel
+(``foalnet.model.dropout``: the kernel ``F.dropout`` runs on CUDA; on CPU it keeps a bool mask where
+``F.dropout`` keeps a float one). Otherwise every device runs torch's and transformers' own code,
+in whatever dtype autocast gives it.
 
 Valid frames come out equal to transformers' (within float rounding; padded frames are zero here
 and arbitrary there, and nothing downstream reads them), with the same modules and weights, so
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from foalnet.model.dropout import module_dropout
 from foalnet.model.fft_conv import positional_conv
 from foalnet.model.packing import Packing, length_sorted_groups, spans
 
@@ -40,6 +44,8 @@ from foalnet.model.packing import Packing, length_sorted_groups, spans
 ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "gru_rel_pos_linear", "gru_rel_pos_const",
                    "compute_bias", "num_heads", "head_dim", "dropout")
 LAYER_PARTS = ("attention", "layer_norm", "dropout", "feed_forward", "final_layer_norm")
+FEED_FORWARD_PARTS = ("intermediate_dense", "intermediate_act_fn", "intermediate_dropout", "output_dense",
+                      "output_dropout")
 ENCODER_PARTS = ("pos_conv_embed", "layer_norm", "dropout", "layers", "config")
 POS_CONV_PARTS = ("conv", "padding", "activation")
 ATTENTION_GROUPS = 4  # length groups per batch for attention (length_groups)
@@ -61,6 +67,8 @@ def check_wavlm_internals(encoder: nn.Module) -> None:
     if len(layers):
         layer = layers[0]
         missing += [f"layer.{p}" for p in LAYER_PARTS if not hasattr(layer, p)]
+        missing += [f"feed_forward.{p}" for p in FEED_FORWARD_PARTS
+                    if not hasattr(getattr(layer, "feed_forward", None), p)]
         attn = getattr(layer, "attention", None)
         missing += [f"attention.{p}" for p in ATTENTION_PARTS if not hasattr(attn, p)]
         gate = getattr(attn, "gru_rel_pos_linear", None)
@@ -117,12 +125,27 @@ def length_groups(mask: torch.Tensor, groups: int) -> tuple[list[LengthGroup], t
     return found, torch.argsort(torch.cat([group.rows for group in found]))
 
 
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                     key_bias: torch.Tensor, position_bias: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """SDPA of q, k, v [b, heads, T, d] with the gated position bias and the key padding as one
+    float mask: gate [b, heads, T, 1], key_bias [b, 1, 1, T], position_bias [heads, T, T]."""
+    dtype = q.dtype  # under autocast the projections' half precision: no float32 [b, heads, T, T] temporary
+    bias = torch.addcmul(key_bias.to(dtype), gate.to(dtype), position_bias.to(dtype))  # padded queries: gate 0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+
+
 def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], restore: torch.Tensor,
-              position_bias: torch.Tensor) -> torch.Tensor:
+              position_bias: torch.Tensor, recompute: bool = False) -> torch.Tensor:
     """WavLMAttention on packed frames x [N, H] -> [N, H].
 
     position_bias [heads, T, T] (layer 0's relative-position buckets), gated per query frame as
-    in WavLM; each length group attends within itself, its keys padded to its longest item."""
+    in WavLM; each length group attends within itself, its keys padded to its longest item.
+    ``recompute``: keep only the inputs of :func:`biased_attention` for the backward pass and run
+    it again there (``torch.utils.checkpoint``, the same dropout mask): SDPA with dropout and a
+    mask that needs a gradient is torch's math path on CPU, which keeps the bias, the
+    probabilities, the dropout mask and the dropped probabilities, four [b, heads, T, T] tensors
+    per group, for about a tenth of the layer's arithmetic (selective recomputation, Korthikanti
+    et al. 2022)."""
     heads, d = attn.num_heads, attn.head_dim
     q, k, v = (proj(x) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
     gate = position_gate(attn, x)  # (N, heads, 1)
@@ -133,35 +156,42 @@ def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], resto
         def heads_first(t: torch.Tensor) -> torch.Tensor:
             return group.packing.unpack(t.index_select(0, group.rows)).view(b, T, heads, -1).transpose(1, 2)
 
-        qg, kg, vg = heads_first(q), heads_first(k), heads_first(v)  # (b, heads, T, d)
-        dtype = qg.dtype  # under autocast the projections' half precision: no float32 [b, heads, T, T] temporary
-        bias = torch.addcmul(group.key_bias.to(dtype), heads_first(gate).to(dtype),
-                             position_bias[:, :T, :T].to(dtype))  # (b, heads, T, T); padded queries: gate 0
-        out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias,
-                                             dropout_p=attn.dropout if attn.training else 0.0)
+        inputs = (heads_first(q), heads_first(k), heads_first(v), heads_first(gate), group.key_bias,
+                  position_bias[:, :T, :T], attn.dropout if attn.training else 0.0)
+        if recompute and torch.is_grad_enabled():
+            out = checkpoint(biased_attention, *inputs, use_reentrant=False)
+        else:
+            out = biased_attention(*inputs)  # (b, heads, T, d)
         outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, heads * d)))
     return attn.out_proj(torch.cat(outputs).index_select(0, restore))  # back in packed order
 
 
+def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' ``WavLMFeedForward`` with its dropouts by :func:`foalnet.model.dropout.dropout`."""
+    h = module_dropout(ff.intermediate_dropout, ff.intermediate_act_fn(ff.intermediate_dense(x)))
+    return module_dropout(ff.output_dropout, ff.output_dense(h))
+
+
 def layer_forward(layer: nn.Module, x: torch.Tensor, groups: list[LengthGroup], restore: torch.Tensor,
-                  position_bias: torch.Tensor, stable: bool) -> torch.Tensor:
+                  position_bias: torch.Tensor, stable: bool, recompute_attention: bool = False) -> torch.Tensor:
     """One WavLM encoder layer on packed frames [N, H]: pre-LN (``stable``, WavLM-Large) or post-LN."""
     if stable:
-        h = attention(layer.attention, layer.layer_norm(x), groups, restore, position_bias)
-        x = x + layer.dropout(h)
-        return x + layer.feed_forward(layer.final_layer_norm(x))
-    h = attention(layer.attention, x, groups, restore, position_bias)
-    x = layer.layer_norm(x + layer.dropout(h))
-    return layer.final_layer_norm(x + layer.feed_forward(x))
+        h = attention(layer.attention, layer.layer_norm(x), groups, restore, position_bias, recompute_attention)
+        x = x + module_dropout(layer.dropout, h)
+        return x + feed_forward(layer.feed_forward, layer.final_layer_norm(x))
+    h = attention(layer.attention, x, groups, restore, position_bias, recompute_attention)
+    x = layer.layer_norm(x + module_dropout(layer.dropout, h))
+    return layer.final_layer_norm(x + feed_forward(layer.feed_forward, x))
 
 
 def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
-                           attention_groups: int = ATTENTION_GROUPS) -> torch.Tensor:
+                           attention_groups: int = ATTENTION_GROUPS, recompute_attention: bool = False) -> torch.Tensor:
     """``encoder(hidden, attention_mask=mask).last_hidden_state`` on valid frames (padding zero).
 
     hidden [B, T, H] (projected CNN features after SpecAugment), mask [B, T] bool, every row with
     at least one valid frame. ``attention_groups``: length groups of :func:`length_groups` (1: one
-    block padded to the batch's longest item, as transformers)."""
+    block padded to the batch's longest item, as transformers). ``recompute_attention``: see
+    :func:`attention` (training only; the function is the same)."""
     check_wavlm_internals(encoder)
     stable = type(encoder).__name__.endswith("StableLayerNorm")
     hidden = hidden.masked_fill(~mask.unsqueeze(-1), 0.0)
@@ -169,18 +199,19 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
     if not stable:
         hidden = encoder.layer_norm(hidden)
     packing = Packing(mask)
-    x = encoder.dropout(packing.pack(hidden))  # (N, H)
+    x = module_dropout(encoder.dropout, packing.pack(hidden))  # (N, H)
     T = hidden.shape[1]
     position_bias = encoder.layers[0].attention.compute_bias(T, T)  # (heads, T, T)
     groups, restore = length_groups(mask, attention_groups)
     layerdrop = encoder.config.layerdrop if encoder.training else 0.0
+    recompute_attention = recompute_attention and encoder.training
     for i, layer in enumerate(encoder.layers):
         if i > 0 and layerdrop > 0.0 and torch.rand([]) < layerdrop:  # LayerDrop, as transformers
             continue
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
             x = checkpoint(layer_forward, layer, x, groups, restore, position_bias, stable, use_reentrant=False)
         else:
-            x = layer_forward(layer, x, groups, restore, position_bias, stable)
+            x = layer_forward(layer, x, groups, restore, position_bias, stable, recompute_attention)
     if stable:
         x = encoder.layer_norm(x)
     return packing.unpack(x)
