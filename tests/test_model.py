@@ -184,6 +184,33 @@ def test_zero_length_audio_and_video_give_finite_outputs_and_gradients(encoder):
     assert torch.isfinite(out.logits).all() and all(torch.isfinite(v) for v in out.losses.values())
 
 
+@pytest.mark.parametrize("video_lens", [(7, 3, 5, 6, 2, 7), (7, 3, 0, 0, 5, 1)])
+def test_fusion_in_length_groups_equals_one_padded_block(monkeypatch, video_lens):
+    """The fusion attends per length group of its query rows (MEM's repeated rows included):
+    the same logits, losses and gradients as one block padded to the batch's longest row,
+    also with video-less items (rows without keys, and query rows without frames)."""
+    import foalnet.model.foalnet as foalnet_module
+
+    model = make_model(fusion_dropout=0.0).train()
+    batch = make_batch(audio_lens=(3200, 2000, 1600, 2800, 900, 3100), video_lens=video_lens,
+                       labels=(0, 1, 0, 2, 1, 3))
+    results = {}
+    for groups in (1, 3, 4):
+        monkeypatch.setattr(foalnet_module, "ATTENTION_GROUPS", groups)
+        model.zero_grad()
+        out = run(model, batch)
+        out.loss.backward()
+        results[groups] = (out.logits, torch.stack([out.losses[k] for k in sorted(out.losses)]),
+                           {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    logits, losses, grads = results[1]
+    assert losses.shape == (3,) and len(grads) > 10
+    for groups in (3, 4):
+        torch.testing.assert_close(results[groups][0], logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(results[groups][1], losses, rtol=1e-5, atol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(results[groups][2][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_cached_fp16_video_and_wrong_video_dim():
     model = make_model().eval()
     batch = make_batch()

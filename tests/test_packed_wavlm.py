@@ -16,8 +16,8 @@ import torch
 
 from foalnet.model.audio import HFAudioEncoder
 from foalnet.model.foalnet import FoalNet, FoalNetConfig
-from foalnet.model.packing import Packing
-from foalnet.model.wavlm_packed import check_wavlm_internals, length_groups, packed_encoder_forward, supports_packed
+from foalnet.model.packing import Packing, length_groups
+from foalnet.model.wavlm_packed import check_wavlm_internals, packed_encoder_forward, supports_packed
 
 
 # ------------------------------------------------------------------------------ packed encoder
@@ -55,11 +55,12 @@ def test_length_groups_partition_the_items_and_their_frames():
     groups, restore = length_groups(mask, 3)
     # sorted by length, longest first, cut into runs of 3, 2 and 2 items
     assert [g.packing.length for g in groups] == [12, 7, 3] and [g.packing.batch for g in groups] == [3, 2, 2]
+    assert [g.items.tolist() for g in groups] == [[1, 4, 3], [6, 0], [5, 2]]  # stable among equal lengths
     rows = torch.cat([g.rows for g in groups])
     assert sorted(rows.tolist()) == list(range(sum(lengths)))  # every valid frame once
     for g in groups:
         assert g.rows.numel() == int(g.packing.mask.sum())
-        assert torch.equal(g.key_bias[:, 0, 0] == 0, g.packing.mask)
+        assert torch.equal(g.packing.mask, mask[g.items, : g.packing.length])  # the group's own rows
     assert torch.equal(rows[restore], torch.arange(sum(lengths)))  # the permutation back to packed order
     assert len(length_groups(mask, 20)[0]) == len(lengths)  # never more groups than items
 

@@ -36,7 +36,7 @@ from foalnet.model.audio import (
 from foalnet.model.dropout import Dropout
 from foalnet.model.distributed import gather_batch
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
-from foalnet.model.packing import Packing
+from foalnet.model.packing import LengthGroup, Packing, length_groups
 from foalnet.errors import UsageError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -162,6 +162,9 @@ class FoalNetOutput:
     video_align: torch.Tensor | None = None  # [B, P] L2-normalised AVEL video projection
 
 
+ATTENTION_GROUPS = 4  # length groups of the query rows per fusion attention (packing.length_groups)
+
+
 # ----------------------------------------------------------------------------------------- blocks
 class ProjectionBlock(nn.Module):
     """AVEL projection: e1 = W1 x; e2 = Dropout(W2 GELU(e1)); LayerNorm(e1 + e2) (no biases)."""
@@ -191,6 +194,10 @@ class CrossAttentionLayer(nn.Module):
     original wrote -10000 (identical after softmax in float32, and no overflow in float16). A row
     with no valid key has no attention to define: its attention output is zero (the residual and
     out_proj bias remain).
+
+    Attention runs per length group of the query rows (``packing.length_groups``, computed once
+    by the stack): each group's queries are padded to its own longest row, not the batch's, so
+    torch's CPU SDPA kernel computes and keeps fewer padded rows (same outputs and gradients).
     """
 
     def __init__(self, query_dim: int, key_dim: int, num_heads: int, dropout: float) -> None:
@@ -206,11 +213,12 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(query_dim)
 
     def forward(self, query: torch.Tensor, packing: Packing, context: torch.Tensor, keys: torch.Tensor,
-                no_key: torch.Tensor | None, context_index: torch.Tensor | None = None,
-                query_repeat: int = 1) -> tuple[torch.Tensor, Packing]:
+                no_key: torch.Tensor | None, groups: list[LengthGroup], restore: torch.Tensor,
+                context_index: torch.Tensor | None = None, query_repeat: int = 1) -> tuple[torch.Tensor, Packing]:
         """query [N,D] packed by ``packing`` (B rows), context [M,Lk,Dk] -> (packed output of the
         B*query_repeat rows, their packing). ``keys`` [R*B,1,1,Lk] and ``no_key`` come from
-        ``CrossAttentionStack.key_mask`` (the same for every layer of a stack).
+        ``CrossAttentionStack.key_mask``, ``groups`` and ``restore`` from ``length_groups`` of the
+        repeated rows (the same for every layer of a stack).
 
         Query row r (of the batch repeated ``query_repeat`` times) attends to context row
         ``context_index[r]`` (default r). Projecting the pool once and indexing the projections
@@ -220,18 +228,21 @@ class CrossAttentionLayer(nn.Module):
         q = self.q_proj(query)  # (N, D)
         if query_repeat > 1:
             q, query, packing = q.repeat(query_repeat, 1), query.repeat(query_repeat, 1), packing.repeat(query_repeat)
-        B, Lq = packing.batch, packing.length
         k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
-        if context_index is not None:  # whole rows of the projections, before the heads' transpose
-            k, v = k.index_select(0, context_index), v.index_select(0, context_index)  # (B, Lk, D)
         Lk = k.shape[1]
-        q = packing.unpack(q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
-        k = k.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        v = v.view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, H, Lq, D/H), torch's SDPA
-        if no_key is not None:  # rare (a video with no frame)
-            out = out.masked_fill(no_key[:, None, None, None], 0.0)
-        out = packing.pack(out.transpose(1, 2).reshape(B, Lq, D))  # (N', D)
+        outputs = []
+        for group in groups:
+            b, T = group.packing.batch, group.packing.length
+            rows = group.items if context_index is None else context_index.index_select(0, group.items)
+            # whole rows of the projections, before the heads' transpose
+            kg = k.index_select(0, rows).view(b, Lk, H, D // H).transpose(1, 2)  # (b, H, Lk, D/H)
+            vg = v.index_select(0, rows).view(b, Lk, H, D // H).transpose(1, 2)
+            qg = group.packing.unpack(q.index_select(0, group.rows)).view(b, T, H, D // H).transpose(1, 2)
+            out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=keys.index_select(0, group.items))
+            if no_key is not None:  # rare (a video with no frame)
+                out = out.masked_fill(no_key.index_select(0, group.items)[:, None, None, None], 0.0)
+            outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, D)))
+        out = torch.cat(outputs).index_select(0, restore)  # (N', D), back in packed order
         out = self.dropout(self.out_proj(out))
         return self.norm(out + query), packing
 
@@ -253,8 +264,10 @@ class CrossAttentionStack(nn.Module):
         packing = Packing(query_mask)
         x = packing.pack(query)
         keys, no_key = self.key_mask(context_mask, context_index)
+        groups, restore = length_groups(query_mask.repeat(query_repeat, 1), ATTENTION_GROUPS)
         for i, layer in enumerate(self.layers):
-            x, packing = layer(x, packing, context, keys, no_key, context_index, query_repeat if i == 0 else 1)
+            x, packing = layer(x, packing, context, keys, no_key, groups, restore, context_index,
+                               query_repeat if i == 0 else 1)
         return packing.mean(x)
 
     @staticmethod

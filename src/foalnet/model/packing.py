@@ -6,6 +6,8 @@ Used by the packed WavLM encoder and the fusion layers.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -79,3 +81,32 @@ class Packing:
         with torch.autocast(packed.device.type, enabled=False):
             total = members @ packed.float()
         return total / self.counts().clamp(min=1).float()[:, None]
+
+
+@dataclass
+class LengthGroup:
+    """Rows of similar length whose attention runs as one [b, heads, T_g, ...] block."""
+
+    items: torch.Tensor  # the group's rows of the batch (longest first)
+    rows: torch.Tensor  # positions of their valid frames in the packed [N, ...] tensor
+    packing: Packing  # the group's own [b, T_g] packing (T_g = its longest row)
+
+
+def length_groups(mask: torch.Tensor, groups: int) -> tuple[list[LengthGroup], torch.Tensor]:
+    """The batch's rows sorted by length and cut into ``groups`` runs of about equal size.
+
+    Attention is computed for every padded query (and, in self-attention, key) position of its
+    block: on IEMOCAP-like batches (1-8 s cut at 6 s, 16 items) one block holds 2.0-2.4x the
+    self-attention score entries the items need, four blocks 1.1-1.4x (``benchmarks/train_step.py``
+    batches). Also returns the permutation that puts the groups' concatenated rows back in packed
+    order (one per forward, the same for every layer)."""
+    B, T = mask.shape
+    lengths = spans(mask)
+    position = torch.full((B, T), -1, dtype=torch.long, device=mask.device)
+    position[mask] = torch.arange(int(mask.sum()), device=mask.device)  # packed row of each frame
+    found = []
+    for items in length_sorted_groups(lengths, groups):
+        longest = int(lengths[items].max())
+        group_mask = mask[items, :longest]
+        found.append(LengthGroup(items=items, rows=position[items, :longest][group_mask], packing=Packing(group_mask)))
+    return found, torch.argsort(torch.cat([group.rows for group in found]))

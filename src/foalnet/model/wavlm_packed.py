@@ -29,8 +29,6 @@ does not have them, and pyproject.toml pins transformers to the tested range.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from foalnet.model.dropout import module_dropout
 from foalnet.model.fft_conv import positional_conv
-from foalnet.model.packing import Packing, length_sorted_groups, spans
+from foalnet.model.packing import LengthGroup, Packing, length_groups
 
 # What the packed path reads of transformers' WavLM modules, by module.
 ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "gru_rel_pos_linear", "gru_rel_pos_const",
@@ -48,7 +46,7 @@ FEED_FORWARD_PARTS = ("intermediate_dense", "intermediate_act_fn", "intermediate
                       "output_dropout")
 ENCODER_PARTS = ("pos_conv_embed", "layer_norm", "dropout", "layers", "config")
 POS_CONV_PARTS = ("conv", "padding", "activation")
-ATTENTION_GROUPS = 4  # length groups per batch for attention (length_groups)
+ATTENTION_GROUPS = 4  # length groups per batch for attention (packing.length_groups)
 
 
 def supports_packed(model: nn.Module) -> bool:
@@ -94,37 +92,6 @@ def position_gate(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return gate_a * (gate_b * attn.gru_rel_pos_const.view(1, heads, 1) - 1.0) + 2.0
 
 
-@dataclass
-class LengthGroup:
-    """Items of similar length whose attention runs as one [b, heads, T_g, T_g] block."""
-
-    rows: torch.Tensor  # positions of the group's valid frames in the packed [N, ...] tensor
-    packing: Packing  # the group's own [b, T_g] packing (T_g = its longest item)
-    key_bias: torch.Tensor  # [b, 1, 1, T_g]: 0 for valid keys, -inf for padding
-
-
-def length_groups(mask: torch.Tensor, groups: int) -> tuple[list[LengthGroup], torch.Tensor]:
-    """The batch's items sorted by length and cut into ``groups`` runs of about equal size.
-
-    Attention costs T x T per item, padded to the longest item of its block: on IEMOCAP-like
-    batches (1-8 s cut at 6 s, 16 items) one block holds 2.0-2.4x the score entries the items
-    need, four blocks 1.1-1.4x (``benchmarks/train_step.py`` batches). Also returns the
-    permutation that puts the groups' concatenated rows back in packed order (one per forward,
-    the same for every layer)."""
-    B, T = mask.shape
-    lengths = spans(mask)
-    position = torch.full((B, T), -1, dtype=torch.long, device=mask.device)
-    position[mask] = torch.arange(int(mask.sum()), device=mask.device)  # packed row of each frame
-    found = []
-    for items in length_sorted_groups(lengths, groups):
-        longest = int(lengths[items].max())
-        group_mask = mask[items, :longest]
-        bias = torch.zeros(group_mask.shape, dtype=torch.float32, device=mask.device)
-        found.append(LengthGroup(rows=position[items, :longest][group_mask], packing=Packing(group_mask),
-                                 key_bias=bias.masked_fill(~group_mask, float("-inf"))[:, None, None, :]))
-    return found, torch.argsort(torch.cat([group.rows for group in found]))
-
-
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
                      key_bias: torch.Tensor, position_bias: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """SDPA of q, k, v [b, heads, T, d] with the gated position bias and the key padding as one
@@ -156,7 +123,9 @@ def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], resto
         def heads_first(t: torch.Tensor) -> torch.Tensor:
             return group.packing.unpack(t.index_select(0, group.rows)).view(b, T, heads, -1).transpose(1, 2)
 
-        inputs = (heads_first(q), heads_first(k), heads_first(v), heads_first(gate), group.key_bias,
+        key_bias = torch.zeros(group.packing.mask.shape, dtype=torch.float32, device=x.device)
+        key_bias = key_bias.masked_fill(~group.packing.mask, float("-inf"))[:, None, None, :]  # (b, 1, 1, T)
+        inputs = (heads_first(q), heads_first(k), heads_first(v), heads_first(gate), key_bias,
                   position_bias[:, :T, :T], attn.dropout if attn.training else 0.0)
         if recompute and torch.is_grad_enabled():
             out = checkpoint(biased_attention, *inputs, use_reentrant=False)
@@ -189,7 +158,7 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
     """``encoder(hidden, attention_mask=mask).last_hidden_state`` on valid frames (padding zero).
 
     hidden [B, T, H] (projected CNN features after SpecAugment), mask [B, T] bool, every row with
-    at least one valid frame. ``attention_groups``: length groups of :func:`length_groups` (1: one
+    at least one valid frame. ``attention_groups``: length groups of ``packing.length_groups`` (1: one
     block padded to the batch's longest item, as transformers). ``recompute_attention``: see
     :func:`attention` (training only; the function is the same)."""
     check_wavlm_internals(encoder)
