@@ -43,7 +43,9 @@ What is measured, and how
   The same configuration in identical fresh processes does not always peak at the same size (the
   original: 4.7 to 5.4 GiB at 2 layers on the mix; glibc's mmap threshold adapts to the order of
   frees), so the headline rows (``mix``, <= 4 layers) run in ``--repeats`` processes and report
-  medians: of all their measured steps for time, of their peaks for memory.
+  medians: of all their measured steps for time, of their peaks for memory. The repeats
+  alternate (original, ours, cached, original, ...): a VM's speed drifts by 10-30 % within a
+  job, and alternation spreads that drift over every row instead of one.
 * Inputs: ``mix`` = IEMOCAP-like durations (log-normal, median 3.7 s, sigma 0.55, clipped to
   [1, 8] s), cut at 6 s; ``full`` = every item 6 s (padding gains excluded). Video: 30 frames/s,
   cut at 180. FoalNet gets batches padded to the longest item; the reference pads to 6 s / 180.
@@ -675,8 +677,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs = args.repeats if lengths == "mix" and not large else 1
                 extra = ((EXTRA_IMPLS if args.with_checkpointing else ()) + ((ORIGINAL_CE,) if args.with_original_ce else ())
                          + ((DIRECT_CONV,) if args.with_direct_conv else ()))
-                for impl in impls + extra:
-                    session.measure(model_dir, impl, n_layers, lengths, steps, runs=runs)
+                for run in range(runs):  # fresh processes in turn (original, ours, cached, original, ...):
+                    for impl in impls + extra:  # the machine's drift during the job hits every row alike
+                        session.measure(model_dir, impl, n_layers, lengths, steps, runs=run + 1)
             if args.no_epoch or large:
                 continue
             grids, fill = {}, None

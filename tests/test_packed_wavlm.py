@@ -302,3 +302,16 @@ def test_packing_repeat_index_equals_the_repeated_masks():
     repeated = Packing(mask).repeat(3)
     assert repeated.index.tolist() == Packing(mask.repeat(3, 1)).index.tolist()
     assert repeated.index.tolist()[:3] == [0, 1, 3] and repeated.index.tolist()[3:6] == [9, 10, 12]
+
+
+def test_move_rows_is_the_inverse_gather_with_the_same_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, requires_grad=True)
+    positions = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    weights = torch.randn(7, 3)
+    from foalnet.model.packing import move_rows
+
+    moved = move_rows(x, positions)
+    assert torch.equal(moved[positions], x.detach()) and torch.equal(moved, x.detach()[torch.argsort(positions)])
+    (moved * weights).sum().backward()
+    assert torch.equal(x.grad, weights[positions])

@@ -36,7 +36,7 @@ from foalnet.model.audio import (
 from foalnet.model.dropout import Dropout
 from foalnet.model.distributed import gather_batch
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
-from foalnet.model.packing import LengthGroup, Packing, length_groups
+from foalnet.model.packing import LengthGroup, Packing, length_groups, move_rows
 from foalnet.errors import UsageError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -227,22 +227,24 @@ class CrossAttentionLayer(nn.Module):
         D, H = query.shape[-1], self.num_heads
         q = self.q_proj(query)  # (N, D)
         if query_repeat > 1:
-            q, query, packing = q.repeat(query_repeat, 1), query.repeat(query_repeat, 1), packing.repeat(query_repeat)
+            query, packing = query.repeat(query_repeat, 1), packing.repeat(query_repeat)
         k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
         Lk = k.shape[1]
+        # the groups' query frames one group after another, moved once (see packing.move_rows)
+        grouped = move_rows(q if query_repeat == 1 else q.repeat(query_repeat, 1), restore)
         outputs = []
-        for group in groups:
+        for group, qg in zip(groups, grouped.split([group.rows.numel() for group in groups])):
             b, T = group.packing.batch, group.packing.length
             rows = group.items if context_index is None else context_index.index_select(0, group.items)
             # whole rows of the projections, before the heads' transpose
             kg = k.index_select(0, rows).view(b, Lk, H, D // H).transpose(1, 2)  # (b, H, Lk, D/H)
             vg = v.index_select(0, rows).view(b, Lk, H, D // H).transpose(1, 2)
-            qg = group.packing.unpack(q.index_select(0, group.rows)).view(b, T, H, D // H).transpose(1, 2)
+            qg = group.packing.unpack(qg).view(b, T, H, D // H).transpose(1, 2)
             out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=keys.index_select(0, group.items))
             if no_key is not None:  # rare (a video with no frame)
                 out = out.masked_fill(no_key.index_select(0, group.items)[:, None, None, None], 0.0)
             outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, D)))
-        out = torch.cat(outputs).index_select(0, restore)  # (N', D), back in packed order
+        out = move_rows(torch.cat(outputs), torch.cat([group.rows for group in groups]))  # (N', D), packed order
         out = self.dropout(self.out_proj(out))
         return self.norm(out + query), packing
 

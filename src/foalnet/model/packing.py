@@ -83,6 +83,14 @@ class Packing:
         return total / self.counts().clamp(min=1).float()[:, None]
 
 
+def move_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Row i of ``x`` [N, ...] moved to row ``positions[i]`` (a permutation of range(N)).
+
+    The same as ``x.index_select(0, argsort(positions))``, but as a scatter whose backward pass is
+    a gather: ``index_select``'s backward scatters into an [N, ...] tensor of zeros it must fill."""
+    return x.new_empty(x.shape).index_put_((positions,), x)
+
+
 @dataclass
 class LengthGroup:
     """Rows of similar length whose attention runs as one [b, heads, T_g, ...] block."""

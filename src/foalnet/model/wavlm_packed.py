@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from foalnet.model.dropout import module_dropout
 from foalnet.model.fft_conv import positional_conv
-from foalnet.model.packing import LengthGroup, Packing, length_groups
+from foalnet.model.packing import LengthGroup, Packing, length_groups, move_rows
 
 # What the packed path reads of transformers' WavLM modules, by module.
 ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "gru_rel_pos_linear", "gru_rel_pos_const",
@@ -114,14 +114,18 @@ def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], resto
     per group, for about a tenth of the layer's arithmetic (selective recomputation, Korthikanti
     et al. 2022)."""
     heads, d = attn.num_heads, attn.head_dim
-    q, k, v = (proj(x) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    gate = position_gate(attn, x)  # (N, heads, 1)
+    # the groups' frames one group after another, moved once (a gather per group and tensor would
+    # each scatter into an [N, H] tensor of zeros in the backward pass)
+    grouped = move_rows(x, restore)
+    sizes = [group.rows.numel() for group in groups]
+    q, k, v = (proj(grouped).split(sizes) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    gate = position_gate(attn, grouped).split(sizes)  # (N_g, heads, 1) each
     outputs = []
-    for group in groups:
+    for i, group in enumerate(groups):
         b, T = group.packing.batch, group.packing.length
 
         def heads_first(t: torch.Tensor) -> torch.Tensor:
-            return group.packing.unpack(t.index_select(0, group.rows)).view(b, T, heads, -1).transpose(1, 2)
+            return group.packing.unpack(t[i]).view(b, T, heads, -1).transpose(1, 2)
 
         key_bias = torch.zeros(group.packing.mask.shape, dtype=torch.float32, device=x.device)
         key_bias = key_bias.masked_fill(~group.packing.mask, float("-inf"))[:, None, None, :]  # (b, 1, 1, T)
@@ -132,7 +136,7 @@ def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], resto
         else:
             out = biased_attention(*inputs)  # (b, heads, T, d)
         outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, heads * d)))
-    return attn.out_proj(torch.cat(outputs).index_select(0, restore))  # back in packed order
+    return attn.out_proj(move_rows(torch.cat(outputs), torch.cat([group.rows for group in groups])))  # packed order
 
 
 def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
