@@ -50,10 +50,10 @@ def reference(data_dir, tmp_path_factory) -> Path:
     return run
 
 
-def _cfg(data_dir):
+def _cfg(data_dir, *extra: str):
     from foalnet.config import preset
 
-    return preset("tiny").override([f"data.data_dir={data_dir}", "data.fold=4", *SETTINGS])
+    return preset("tiny").override([f"data.data_dir={data_dir}", "data.fold=4", *SETTINGS, *extra])
 
 
 class _Killed(Exception):
@@ -99,6 +99,19 @@ def test_stop_mid_epoch_then_resume_is_exact(data_dir, reference, tmp_path):
     train_fold(_cfg(data_dir), run, resume=True)
     _assert_same_run(reference, run)
     assert not (run / "checkpoints").exists()  # complete: removed
+
+
+def test_resume_with_a_moving_average_of_the_weights_is_exact(data_dir, tmp_path):
+    """train.ema_decay: the averaged weights are part of every checkpoint, so a killed and resumed
+    run ends with the same averaged model (last/ holds it) as an uninterrupted one."""
+    from foalnet.train.run import train_fold
+
+    ema = "train.ema_decay=0.9"
+    train_fold(_cfg(data_dir, ema), tmp_path / "reference")
+    with pytest.raises(_Killed):
+        train_fold(_cfg(data_dir, ema), tmp_path / "killed", hooks=_KillAt(step=_mid_second_epoch(data_dir)))
+    train_fold(_cfg(data_dir, ema), tmp_path / "killed", resume=True)
+    _assert_same_run(tmp_path / "reference", tmp_path / "killed")
 
 
 def test_resume_of_a_complete_run_trains_nothing(data_dir, reference):

@@ -272,6 +272,53 @@ def test_nan_steps_are_skipped_then_repeated_nans_stop_with_checkpoint_kept(data
     assert not (tmp_path / "b" / "summary.json").exists()
 
 
+class _WeightsAfterEachStep:
+    """Default hooks that record the trained (not averaged) weights after every optimiser step."""
+
+    def __init__(self):
+        from foalnet.train.loop import Hooks
+
+        self.base, self.weights = Hooks(), []
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def on_step_end(self, engine, state):
+        self.weights.append({k: v.detach().clone() for k, v in self.trained.state_dict().items()})
+
+
+def test_moving_average_is_what_is_evaluated_and_kept(data_dir, tmp_path, monkeypatch):
+    """train.ema_decay=0.5 over 3 steps: the kept weights are 1/4 w1 + 1/4 w2 + 1/2 w3 of the
+    trained weights w_t after step t (the first update copies w1), by hand; without it, w3."""
+    import foalnet.train.run as run_module
+    from foalnet.model.foalnet import FoalNet
+
+    hooks = _WeightsAfterEachStep()
+    make_average = run_module.moving_average
+
+    def recording(acc, model, decay):
+        hooks.trained = acc.unwrap_model(model)
+        return make_average(acc, model, decay)
+
+    monkeypatch.setattr(run_module, "moving_average", recording)
+    extra = ("train.epochs=1", "train.max_steps=3", "train.save_last=true")
+    run_module.train_fold(_tiny_cfg(data_dir, *extra, "train.ema_decay=0.5"), tmp_path / "ema", hooks=hooks)
+    w1, w2, w3 = hooks.weights
+    kept = FoalNet.from_pretrained(tmp_path / "ema" / "last").state_dict()
+    moved = [k for k in w1 if w1[k].is_floating_point() and not torch.equal(w1[k], w3[k])]
+    assert len(moved) > 10
+    for k in moved:
+        torch.testing.assert_close(kept[k], 0.25 * w1[k] + 0.25 * w2[k] + 0.5 * w3[k], rtol=1e-5, atol=1e-6, msg=k)
+    best = FoalNet.from_pretrained(tmp_path / "ema" / "best").state_dict()
+    assert all(torch.equal(best[k], kept[k]) for k in moved)  # one epoch: best = last = the average
+    plain = _WeightsAfterEachStep()
+    monkeypatch.setattr(run_module, "moving_average", lambda acc, model, decay: setattr(
+        plain, "trained", acc.unwrap_model(model)) or make_average(acc, model, decay))
+    run_module.train_fold(_tiny_cfg(data_dir, *extra), tmp_path / "plain", hooks=plain)
+    last = FoalNet.from_pretrained(tmp_path / "plain" / "last").state_dict()
+    assert all(torch.equal(last[k], plain.weights[-1][k]) for k in moved)
+
+
 def _steps_per_epoch(cfg) -> int:
     from foalnet.train.run import load_fold
 

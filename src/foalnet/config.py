@@ -90,6 +90,10 @@ class TrainConfig:
     # epochs averaged (trailing mean) in the selection score: a single epoch's score on a small
     # dev split is mostly noise; the weights kept are those of the window's last epoch
     select_window: int = 3
+    # weights evaluated, selected and kept: an exponential moving average of the trained ones,
+    # updated after every optimiser step with this decay (torch.optim.swa_utils); 0 = off.
+    # A small dev split scores the averaged weights more steadily than one step's weights
+    ema_decay: float = 0.0
     eval_batch_size: int = 0  # batch size for dev/test; 0 = batch_size
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = end of epoch only
     # checkpoints left when the run completes (the latest N; 0 = none); while training the latest max(N, 1)
@@ -113,6 +117,8 @@ class TrainConfig:
         for name in ("eval_batch_size", "checkpoint_every", "keep_checkpoints", "max_steps", "min_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if self.max_grad_norm < 0:
             problems.append(f"max_grad_norm={self.max_grad_norm} must be >= 0")
         if self.mixed_precision not in MIXED_PRECISION:

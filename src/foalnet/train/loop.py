@@ -122,6 +122,9 @@ class Engine:
     labels: list[str]
     hooks: Hooks = field(default_factory=Hooks)
     select_name: str = "dev"  # "dev" or "test" (paper protocol): printed on every line
+    # train.ema_decay > 0: torch's AveragedModel of the unwrapped model; it is what is evaluated,
+    # selected and saved (best/, last/), and it is part of every checkpoint
+    averaged: Any = None
     _writer: Any = None
     _optimizer: Any = None
 
@@ -159,7 +162,8 @@ class Engine:
         acc = self.accelerator
         model.eval()
         idx_parts, logp_parts, failed = [], [], {}
-        with torch.no_grad():
+        # autocast: the averaged model (train.ema_decay) is not wrapped by accelerate.prepare
+        with torch.no_grad(), acc.autocast():
             for batch in loader:
                 failed.update(dict(batch["failed"]))
                 logits = self.hooks.compute_forward(model, batch, with_labels=False).logits
@@ -233,6 +237,8 @@ class Engine:
             optimizer.step()
             if acc.sync_gradients:
                 scheduler.step()
+                if self.averaged is not None:
+                    self.averaged.update_parameters(acc.unwrap_model(model))
             optimizer.zero_grad()
         return {"loss": float(loss.detach()), **parts}
 
@@ -254,7 +260,8 @@ class Engine:
     def _end_epoch(self, model, dev_loader, state: TrainerState, epoch: int, seconds: float) -> None:
         acc = self.accelerator
         dev_targets = dev_loader.dataset.targets() if dev_loader is not None else []
-        result = self.evaluate(model, dev_loader, dev_targets) if dev_loader is not None else None
+        kept = self.kept_model(model)
+        result = self.evaluate(kept, dev_loader, dev_targets) if dev_loader is not None else None
         if result is not None:
             self._note_failed(state, list(result.failed.items()))
         running, state.running = state.running, {}
@@ -278,7 +285,7 @@ class Engine:
         row["best"] = bool(improved)
         state.history.append(row)
         if acc.is_main_process:
-            unwrapped = acc.unwrap_model(model)
+            unwrapped = acc.unwrap_model(kept)
             if improved:
                 save_model_dir(unwrapped, self.run_dir / "best")
             final = epoch + 1 >= self.train_cfg.epochs or (
@@ -291,6 +298,10 @@ class Engine:
         state.epoch, state.step_in_epoch = epoch + 1, 0
         self.checkpoint(state)
         acc.print(self._epoch_line(row))
+
+    def kept_model(self, model):
+        """The weights that are evaluated and saved: the moving average when there is one."""
+        return model if self.averaged is None else self.averaged.module
 
     def _score(self, result: EvalResult | None) -> float | None:
         if result is None or result.metrics["n"] == 0:

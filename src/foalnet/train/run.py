@@ -335,7 +335,8 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     model, optimizer, scheduler = prepared[-3:]
 
     engine = Engine(acc, t, run_dir, fold.labels, hooks or Hooks(),
-                    select_name="test" if cfg.data.select_on_test else "dev")
+                    select_name="test" if cfg.data.select_on_test else "dev",
+                    averaged=moving_average(acc, model, t.ema_decay))
     state = _initial_state(acc, run_dir, resume, sampler)
     try:
         if not state.finished:
@@ -351,6 +352,18 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     acc.wait_for_everyone()
     acc.free_memory(model, optimizer, scheduler)
     return summary
+
+
+def moving_average(acc, model, decay: float):
+    """torch's ``AveragedModel`` (EMA of parameters and buffers) of the unwrapped model, registered
+    for accelerate's checkpoints (so ``--resume`` continues it exactly); None when decay is 0."""
+    if decay <= 0.0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    averaged = AveragedModel(acc.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    acc.register_for_checkpointing(averaged)
+    return averaged
 
 
 def train_epochs(train, per_epoch: int) -> int:
