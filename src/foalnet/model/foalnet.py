@@ -33,8 +33,8 @@ from foalnet.model.audio import (
     save_audio_encoder_config,
     write_json_atomic,
 )
-from foalnet.model.dropout import Dropout
 from foalnet.model.distributed import gather_batch
+from foalnet.model.dropout import Dropout
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
 from foalnet.model.packing import LengthGroup, Packing, length_groups, move_rows
 from foalnet.errors import UsageError
