@@ -5,7 +5,7 @@ a boolean mask and backpropagates through the mask. On CPU, torch 2.13's ``F.dro
 the input by a float "noise" tensor instead, and autograd keeps that float tensor: 4 bytes per
 element where 1 would do. In a training step of the 2-layer WavLM-Large-width encoder (batch 16,
 IEMOCAP-like lengths, ``benchmarks/train_step.py``) the float masks of the layers' and the fusion's
-dropouts held 0.19 GiB. Here every device calls ``torch.native_dropout`` (the same kernel,
+dropouts held 0.19 GiB. Here (the fusion, the AVEL projections, the packed WavLM layers) every device calls ``torch.native_dropout`` (the same kernel,
 distribution and scaling as ``F.dropout``; only the random draw order differs on CPU), so the
 mask costs a quarter of that. ``Dropout`` is ``nn.Dropout`` with this forward: the same module
 name and state dict, so checkpoints are unchanged.
