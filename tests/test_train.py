@@ -287,36 +287,34 @@ class _WeightsAfterEachStep:
         self.weights.append({k: v.detach().clone() for k, v in self.trained.state_dict().items()})
 
 
-def test_moving_average_is_what_is_evaluated_and_kept(data_dir, tmp_path, monkeypatch):
-    """train.ema_decay=0.5 over 3 steps: the kept weights are 1/4 w1 + 1/4 w2 + 1/2 w3 of the
+def test_moving_average_is_the_model_kept(data_dir, tmp_path, monkeypatch):
+    """train.ema_decay=0.5 over 3 steps: best/ and last/ hold 1/4 w1 + 1/4 w2 + 1/2 w3 of the
     trained weights w_t after step t (the first update copies w1), by hand; without it, w3."""
     import foalnet.train.run as run_module
     from foalnet.model.foalnet import FoalNet
 
-    hooks = _WeightsAfterEachStep()
     make_average = run_module.moving_average
 
-    def recording(acc, model, decay):
-        hooks.trained = acc.unwrap_model(model)
-        return make_average(acc, model, decay)
+    def train(name: str, *extra: str) -> tuple[list[dict], dict, dict]:
+        hooks = _WeightsAfterEachStep()
 
-    monkeypatch.setattr(run_module, "moving_average", recording)
-    extra = ("train.epochs=1", "train.max_steps=3", "train.save_last=true")
-    run_module.train_fold(_tiny_cfg(data_dir, *extra, "train.ema_decay=0.5"), tmp_path / "ema", hooks=hooks)
-    w1, w2, w3 = hooks.weights
-    kept = FoalNet.from_pretrained(tmp_path / "ema" / "last").state_dict()
+        def recording(acc, model, decay):  # the engine's trained model, for the hooks
+            hooks.trained = acc.unwrap_model(model)
+            return make_average(acc, model, decay)
+
+        monkeypatch.setattr(run_module, "moving_average", recording)
+        cfg = _tiny_cfg(data_dir, "train.epochs=1", "train.max_steps=3", "train.save_last=true", *extra)
+        run_module.train_fold(cfg, tmp_path / name, hooks=hooks)
+        return hooks.weights, *(FoalNet.from_pretrained(tmp_path / name / d).state_dict() for d in ("last", "best"))
+
+    (w1, w2, w3), last, best = train("ema", "train.ema_decay=0.5")
     moved = [k for k in w1 if w1[k].is_floating_point() and not torch.equal(w1[k], w3[k])]
     assert len(moved) > 10
     for k in moved:
-        torch.testing.assert_close(kept[k], 0.25 * w1[k] + 0.25 * w2[k] + 0.5 * w3[k], rtol=1e-5, atol=1e-6, msg=k)
-    best = FoalNet.from_pretrained(tmp_path / "ema" / "best").state_dict()
-    assert all(torch.equal(best[k], kept[k]) for k in moved)  # one epoch: best = last = the average
-    plain = _WeightsAfterEachStep()
-    monkeypatch.setattr(run_module, "moving_average", lambda acc, model, decay: setattr(
-        plain, "trained", acc.unwrap_model(model)) or make_average(acc, model, decay))
-    run_module.train_fold(_tiny_cfg(data_dir, *extra), tmp_path / "plain", hooks=plain)
-    last = FoalNet.from_pretrained(tmp_path / "plain" / "last").state_dict()
-    assert all(torch.equal(last[k], plain.weights[-1][k]) for k in moved)
+        torch.testing.assert_close(last[k], 0.25 * w1[k] + 0.25 * w2[k] + 0.5 * w3[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert torch.equal(best[k], last[k])  # one epoch: the selected weights are the average too
+    weights, last, _ = train("plain")
+    assert all(torch.equal(last[k], weights[-1][k]) for k in moved)
 
 
 def _steps_per_epoch(cfg) -> int:
