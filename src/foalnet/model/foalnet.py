@@ -230,17 +230,22 @@ class CrossAttentionLayer(nn.Module):
             query, packing = query.repeat(query_repeat, 1), packing.repeat(query_repeat)
         k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
         Lk = k.shape[1]
-        # the groups' query frames one group after another, moved once (see packing.move_rows)
+        # the groups' query frames one group after another, moved once (see packing.move_rows),
+        # and their context rows gathered once: whole rows of the projections, before the heads'
+        # transpose (one gather per group would each scatter into zeros in the backward pass)
         grouped = move_rows(q if query_repeat == 1 else q.repeat(query_repeat, 1), restore)
+        items = torch.cat([group.items for group in groups])  # query rows in group order
+        rows = items if context_index is None else context_index.index_select(0, items)
+        batch_sizes = [group.packing.batch for group in groups]
+        contexts = zip(k.index_select(0, rows).split(batch_sizes), v.index_select(0, rows).split(batch_sizes),
+                       keys.index_select(0, items).split(batch_sizes))
         outputs = []
-        for group, qg in zip(groups, grouped.split([group.rows.numel() for group in groups])):
+        for group, qg, (kg, vg, key_mask) in zip(groups, grouped.split([g.rows.numel() for g in groups]), contexts):
             b, T = group.packing.batch, group.packing.length
-            rows = group.items if context_index is None else context_index.index_select(0, group.items)
-            # whole rows of the projections, before the heads' transpose
-            kg = k.index_select(0, rows).view(b, Lk, H, D // H).transpose(1, 2)  # (b, H, Lk, D/H)
-            vg = v.index_select(0, rows).view(b, Lk, H, D // H).transpose(1, 2)
-            qg = group.packing.unpack(qg).view(b, T, H, D // H).transpose(1, 2)
-            out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=keys.index_select(0, group.items))
+            qg = group.packing.unpack(qg).view(b, T, H, D // H).transpose(1, 2)  # (b, H, T, D/H)
+            kg = kg.view(b, Lk, H, D // H).transpose(1, 2)  # (b, H, Lk, D/H)
+            vg = vg.view(b, Lk, H, D // H).transpose(1, 2)
+            out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=key_mask)
             if no_key is not None:  # rare (a video with no frame)
                 out = out.masked_fill(no_key.index_select(0, group.items)[:, None, None, None], 0.0)
             outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, D)))
