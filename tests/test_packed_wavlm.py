@@ -52,7 +52,8 @@ LENGTHS = [40, 7, 33, 1]
 def test_length_groups_partition_the_items_and_their_frames():
     lengths = [5, 12, 1, 9, 12, 3, 7]
     _, mask = _hidden_and_mask(lengths)
-    groups, restore = length_groups(mask, 3)
+    grouping = length_groups(mask, 3)
+    groups, restore = grouping.groups, grouping.restore
     # sorted by length, longest first, cut into runs of 3, 2 and 2 items
     assert [g.packing.length for g in groups] == [12, 7, 3] and [g.packing.batch for g in groups] == [3, 2, 2]
     assert [g.items.tolist() for g in groups] == [[1, 4, 3], [6, 0], [5, 2]]  # stable among equal lengths
@@ -61,8 +62,9 @@ def test_length_groups_partition_the_items_and_their_frames():
     for g in groups:
         assert g.rows.numel() == int(g.packing.mask.sum())
         assert torch.equal(g.packing.mask, mask[g.items, : g.packing.length])  # the group's own rows
+        assert torch.equal(g.key_bias[:, 0, 0] == 0, g.packing.mask)  # -inf on the group's padding
     assert torch.equal(rows[restore], torch.arange(sum(lengths)))  # the permutation back to packed order
-    assert len(length_groups(mask, 20)[0]) == len(lengths)  # never more groups than items
+    assert len(length_groups(mask, 20).groups) == len(lengths)  # never more groups than items
 
 
 def test_attention_in_length_groups_equals_one_padded_block_values_and_gradients():

@@ -36,7 +36,7 @@ from foalnet.model.audio import (
 from foalnet.model.distributed import gather_batch
 from foalnet.model.dropout import Dropout
 from foalnet.model.losses import avel_loss, draw_negatives, hard_negative_probs, masked_mean, mem_loss
-from foalnet.model.packing import LengthGroup, Packing, length_groups, move_rows
+from foalnet.model.packing import Grouping, Packing, length_groups
 from foalnet.errors import UsageError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -213,12 +213,12 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(query_dim)
 
     def forward(self, query: torch.Tensor, packing: Packing, context: torch.Tensor, keys: torch.Tensor,
-                no_key: torch.Tensor | None, groups: list[LengthGroup], restore: torch.Tensor,
-                context_index: torch.Tensor | None = None, query_repeat: int = 1) -> tuple[torch.Tensor, Packing]:
+                no_key: torch.Tensor | None, grouping: Grouping, context_index: torch.Tensor | None = None,
+                query_repeat: int = 1) -> tuple[torch.Tensor, Packing]:
         """query [N,D] packed by ``packing`` (B rows), context [M,Lk,Dk] -> (packed output of the
         B*query_repeat rows, their packing). ``keys`` [R*B,1,1,Lk] and ``no_key`` come from
-        ``CrossAttentionStack.key_mask``, ``groups`` and ``restore`` from ``length_groups`` of the
-        repeated rows (the same for every layer of a stack).
+        ``CrossAttentionStack.key_mask``, ``grouping`` from ``length_groups`` of the repeated rows
+        (the same for every layer of a stack).
 
         Query row r (of the batch repeated ``query_repeat`` times) attends to context row
         ``context_index[r]`` (default r). Projecting the pool once and indexing the projections
@@ -230,17 +230,18 @@ class CrossAttentionLayer(nn.Module):
             query, packing = query.repeat(query_repeat, 1), packing.repeat(query_repeat)
         k, v = self.k_proj(context), self.v_proj(context)  # (M, Lk, D)
         Lk = k.shape[1]
-        # the groups' query frames one group after another, moved once (see packing.move_rows),
-        # and their context rows gathered once: whole rows of the projections, before the heads'
-        # transpose (one gather per group would each scatter into zeros in the backward pass)
-        grouped = move_rows(q if query_repeat == 1 else q.repeat(query_repeat, 1), restore)
+        # the groups' query frames moved once (packing.Grouping), and their context rows gathered
+        # once: whole rows of the projections, before the heads' transpose (a gather per group
+        # would each scatter into zeros in the backward pass)
+        groups = grouping.groups
+        queries = grouping.to_group_order(q if query_repeat == 1 else q.repeat(query_repeat, 1)).split(grouping.sizes)
         items = torch.cat([group.items for group in groups])  # query rows in group order
         rows = items if context_index is None else context_index.index_select(0, items)
         batch_sizes = [group.packing.batch for group in groups]
         contexts = zip(k.index_select(0, rows).split(batch_sizes), v.index_select(0, rows).split(batch_sizes),
                        keys.index_select(0, items).split(batch_sizes))
         outputs = []
-        for group, qg, (kg, vg, key_mask) in zip(groups, grouped.split([g.rows.numel() for g in groups]), contexts):
+        for group, qg, (kg, vg, key_mask) in zip(groups, queries, contexts):
             b, T = group.packing.batch, group.packing.length
             qg = group.packing.unpack(qg).view(b, T, H, D // H).transpose(1, 2)  # (b, H, T, D/H)
             kg = kg.view(b, Lk, H, D // H).transpose(1, 2)  # (b, H, Lk, D/H)
@@ -249,7 +250,7 @@ class CrossAttentionLayer(nn.Module):
             if no_key is not None:  # rare (a video with no frame)
                 out = out.masked_fill(no_key.index_select(0, group.items)[:, None, None, None], 0.0)
             outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, D)))
-        out = move_rows(torch.cat(outputs), torch.cat([group.rows for group in groups]))  # (N', D), packed order
+        out = grouping.to_packed(outputs)  # (N', D)
         out = self.dropout(self.out_proj(out))
         return self.norm(out + query), packing
 
@@ -271,10 +272,9 @@ class CrossAttentionStack(nn.Module):
         packing = Packing(query_mask)
         x = packing.pack(query)
         keys, no_key = self.key_mask(context_mask, context_index)
-        groups, restore = length_groups(query_mask.repeat(query_repeat, 1), ATTENTION_GROUPS)
+        grouping = length_groups(query_mask.repeat(query_repeat, 1), ATTENTION_GROUPS)
         for i, layer in enumerate(self.layers):
-            x, packing = layer(x, packing, context, keys, no_key, groups, restore, context_index,
-                               query_repeat if i == 0 else 1)
+            x, packing = layer(x, packing, context, keys, no_key, grouping, context_index, query_repeat if i == 0 else 1)
         return packing.mean(x)
 
     @staticmethod

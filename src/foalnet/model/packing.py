@@ -7,6 +7,7 @@ Used by the packed WavLM encoder and the fusion layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -99,15 +100,43 @@ class LengthGroup:
     rows: torch.Tensor  # positions of their valid frames in the packed [N, ...] tensor
     packing: Packing  # the group's own [b, T_g] packing (T_g = its longest row)
 
+    @cached_property
+    def key_bias(self) -> torch.Tensor:
+        """[b, 1, 1, T_g] float32: 0 for the group's valid positions, -inf for its padding (an
+        additive self-attention key mask; computed once, used by every layer)."""
+        bias = torch.zeros(self.packing.mask.shape, dtype=torch.float32, device=self.packing.mask.device)
+        return bias.masked_fill(~self.packing.mask, float("-inf"))[:, None, None, :]
 
-def length_groups(mask: torch.Tensor, groups: int) -> tuple[list[LengthGroup], torch.Tensor]:
+
+@dataclass
+class Grouping:
+    """A batch's length groups and the row permutations between packed and group order."""
+
+    groups: list[LengthGroup]
+    order: torch.Tensor  # packed rows in group order: the groups' ``rows`` one after another
+    restore: torch.Tensor  # argsort(order): where each packed row sits in group order
+
+    @property
+    def sizes(self) -> list[int]:
+        """Rows of each group, in group order (for ``split``)."""
+        return [group.rows.numel() for group in self.groups]
+
+    def to_group_order(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed rows [N, ...] in group order, moved once (``move_rows``)."""
+        return move_rows(packed, self.restore)
+
+    def to_packed(self, per_group: list[torch.Tensor]) -> torch.Tensor:
+        """Each group's rows -> packed order [N, ...]."""
+        return move_rows(torch.cat(per_group), self.order)
+
+
+def length_groups(mask: torch.Tensor, groups: int) -> Grouping:
     """The batch's rows sorted by length and cut into ``groups`` runs of about equal size.
 
     Attention is computed for every padded query (and, in self-attention, key) position of its
     block: on IEMOCAP-like batches (1-8 s cut at 6 s, 16 items) one block holds 2.0-2.4x the
     self-attention score entries the items need, four blocks 1.1-1.4x (``benchmarks/train_step.py``
-    batches). Also returns the permutation that puts the groups' concatenated rows back in packed
-    order (one per forward, the same for every layer)."""
+    batches). Computed once per forward, the same for every layer."""
     B, T = mask.shape
     lengths = spans(mask)
     position = torch.full((B, T), -1, dtype=torch.long, device=mask.device)
@@ -117,4 +146,5 @@ def length_groups(mask: torch.Tensor, groups: int) -> tuple[list[LengthGroup], t
         longest = int(lengths[items].max())
         group_mask = mask[items, :longest]
         found.append(LengthGroup(items=items, rows=position[items, :longest][group_mask], packing=Packing(group_mask)))
-    return found, torch.argsort(torch.cat([group.rows for group in found]))
+    order = torch.cat([group.rows for group in found])
+    return Grouping(found, order, torch.argsort(order))

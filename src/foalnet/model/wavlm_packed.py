@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from foalnet.model.dropout import module_dropout
 from foalnet.model.fft_conv import positional_conv
-from foalnet.model.packing import LengthGroup, Packing, length_groups, move_rows
+from foalnet.model.packing import Grouping, Packing, length_groups
 
 # What the packed path reads of transformers' WavLM modules, by module.
 ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "gru_rel_pos_linear", "gru_rel_pos_const",
@@ -101,8 +101,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: to
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
 
 
-def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], restore: torch.Tensor,
-              position_bias: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+def attention(attn: nn.Module, x: torch.Tensor, grouping: Grouping, position_bias: torch.Tensor,
+              recompute: bool = False) -> torch.Tensor:
     """WavLMAttention on packed frames x [N, H] -> [N, H].
 
     position_bias [heads, T, T] (layer 0's relative-position buckets), gated per query frame as
@@ -116,28 +116,26 @@ def attention(attn: nn.Module, x: torch.Tensor, groups: list[LengthGroup], resto
     of 13 s (docs/benchmarks.md)."""
     heads, d = attn.num_heads, attn.head_dim
     # the groups' frames one group after another, moved once (a gather per group and tensor would
-    # each scatter into an [N, H] tensor of zeros in the backward pass)
-    grouped = move_rows(x, restore)
-    sizes = [group.rows.numel() for group in groups]
+    # each scatter into an [N, H] tensor of zeros in the backward pass); per-frame maps commute with it
+    grouped = grouping.to_group_order(x)
+    sizes = grouping.sizes
     q, k, v = (proj(grouped).split(sizes) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
     gate = position_gate(attn, grouped).split(sizes)  # (N_g, heads, 1) each
     outputs = []
-    for i, group in enumerate(groups):
+    for i, group in enumerate(grouping.groups):
         b, T = group.packing.batch, group.packing.length
 
         def heads_first(t: torch.Tensor) -> torch.Tensor:
             return group.packing.unpack(t[i]).view(b, T, heads, -1).transpose(1, 2)
 
-        key_bias = torch.zeros(group.packing.mask.shape, dtype=torch.float32, device=x.device)
-        key_bias = key_bias.masked_fill(~group.packing.mask, float("-inf"))[:, None, None, :]  # (b, 1, 1, T)
-        inputs = (heads_first(q), heads_first(k), heads_first(v), heads_first(gate), key_bias,
+        inputs = (heads_first(q), heads_first(k), heads_first(v), heads_first(gate), group.key_bias,
                   position_bias[:, :T, :T], attn.dropout if attn.training else 0.0)
         if recompute and torch.is_grad_enabled():
             out = checkpoint(biased_attention, *inputs, use_reentrant=False)
         else:
             out = biased_attention(*inputs)  # (b, heads, T, d)
         outputs.append(group.packing.pack(out.transpose(1, 2).reshape(b, T, heads * d)))
-    return attn.out_proj(move_rows(torch.cat(outputs), torch.cat([group.rows for group in groups])))  # packed order
+    return attn.out_proj(grouping.to_packed(outputs))
 
 
 def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -146,14 +144,14 @@ def feed_forward(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module_dropout(ff.output_dropout, ff.output_dense(h))
 
 
-def layer_forward(layer: nn.Module, x: torch.Tensor, groups: list[LengthGroup], restore: torch.Tensor,
-                  position_bias: torch.Tensor, stable: bool, recompute_attention: bool = False) -> torch.Tensor:
+def layer_forward(layer: nn.Module, x: torch.Tensor, grouping: Grouping, position_bias: torch.Tensor,
+                  stable: bool, recompute_attention: bool = False) -> torch.Tensor:
     """One WavLM encoder layer on packed frames [N, H]: pre-LN (``stable``, WavLM-Large) or post-LN."""
     if stable:
-        h = attention(layer.attention, layer.layer_norm(x), groups, restore, position_bias, recompute_attention)
+        h = attention(layer.attention, layer.layer_norm(x), grouping, position_bias, recompute_attention)
         x = x + module_dropout(layer.dropout, h)
         return x + feed_forward(layer.feed_forward, layer.final_layer_norm(x))
-    h = attention(layer.attention, x, groups, restore, position_bias, recompute_attention)
+    h = attention(layer.attention, x, grouping, position_bias, recompute_attention)
     x = layer.layer_norm(x + module_dropout(layer.dropout, h))
     return layer.final_layer_norm(x + feed_forward(layer.feed_forward, x))
 
@@ -176,16 +174,16 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
     x = module_dropout(encoder.dropout, packing.pack(hidden))  # (N, H)
     T = hidden.shape[1]
     position_bias = encoder.layers[0].attention.compute_bias(T, T)  # (heads, T, T)
-    groups, restore = length_groups(mask, attention_groups)
+    grouping = length_groups(mask, attention_groups)
     layerdrop = encoder.config.layerdrop if encoder.training else 0.0
     recompute_attention = recompute_attention and encoder.training
     for i, layer in enumerate(encoder.layers):
         if i > 0 and layerdrop > 0.0 and torch.rand([]) < layerdrop:  # LayerDrop, as transformers
             continue
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
-            x = checkpoint(layer_forward, layer, x, groups, restore, position_bias, stable, use_reentrant=False)
+            x = checkpoint(layer_forward, layer, x, grouping, position_bias, stable, use_reentrant=False)
         else:
-            x = layer_forward(layer, x, groups, restore, position_bias, stable, recompute_attention)
+            x = layer_forward(layer, x, grouping, position_bias, stable, recompute_attention)
     if stable:
         x = encoder.layer_norm(x)
     return packing.unpack(x)
