@@ -94,8 +94,8 @@ def trained_run(visual_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         # speaker_norm off: training normalises test clips with their speaker's statistics, predict
         # (no speaker) with the pooled ones, and test_predict checks predict == predictions.csv
         assert main(["train", str(data), "--fold", "1", "--out", str(run), "--preset", "tiny",
-                     "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set",
-                     "model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, use_prosody: false}"]) == 0
+                     "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "train.ensemble=1",
+                     "--set", "model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, use_prosody: false}"]) == 0
 
     return built_once(tmp_path_factory, "trained", build) / "run"
 

@@ -197,8 +197,8 @@ def test_empty_utterance_is_cached_as_zero_frames(private_data):
 def test_extract_audio_cli_and_training_from_cache_matches_training_from_waveform(private_data, tmp_path):
     # speaker_norm off: it needs the cache (the waveform path normalises with pooled statistics)
     fast = ["--preset", "tiny", "--modality", "audio", "--set", "train.batch_size=4",
-            "--set", "train.eval_batch_size=8", "--set", "train.epochs=1", "--set",
-            "model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, use_prosody: false}"]
+            "--set", "train.eval_batch_size=8", "--set", "train.epochs=1", "--set", "train.ensemble=1",
+            "--set", "model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, use_prosody: false}"]
     assert main(["extract-audio", str(private_data), "--preset", "tiny", "--no-progress"]) == 0
     slugs = [p.name for p in (private_data / "audio_frontend").iterdir()]
     assert len(slugs) == 1 and slugs[0].startswith("offline-dsp-")

@@ -12,7 +12,7 @@ from foalnet.cli import main
 
 # tiny preset, audio only (no visual features needed), one short epoch per fold
 FAST = ["--preset", "tiny", "--modality", "audio", "--set", "train.batch_size=4",
-        "--set", "train.eval_batch_size=8", "--set", "train.epochs=1"]
+        "--set", "train.eval_batch_size=8", "--set", "train.epochs=1", "--set", "train.ensemble=1"]
 
 
 def _errors(caplog) -> str:

@@ -57,7 +57,7 @@ WORKER = textwrap.dedent(
                    "backend": acc.state.backend}, open(out_dir + "/avel.json", "w"))
     acc.wait_for_everyone()
     sys.exit(main(["train", data_dir, "--fold", "1", "--out", out_dir + "/run", "--preset", "tiny",
-                   "--set", "train.epochs=1", "--set", "train.batch_size=4"]))
+                   "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "train.ensemble=1"]))
     """
 )
 

@@ -14,7 +14,7 @@ import pytest
 from foalnet.cli import main
 
 FAST = ["--preset", "tiny", "--modality", "audio", "--set", "train.batch_size=4",
-        "--set", "train.eval_batch_size=8", "--set", "train.epochs=2"]
+        "--set", "train.eval_batch_size=8", "--set", "train.epochs=2", "--set", "train.ensemble=1"]
 
 
 @pytest.fixture(scope="module")

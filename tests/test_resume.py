@@ -18,7 +18,7 @@ from foalnet.train.checkpoint import POINTER, STATE_FILE, find_latest
 from foalnet.train.loop import Hooks
 from test_train import make_visual_data  # noqa: E402  (tests/ is on sys.path)
 
-SETTINGS = ["train.epochs=2", "train.batch_size=4", "train.eval_batch_size=8",
+SETTINGS = ["train.epochs=2", "train.batch_size=4", "train.eval_batch_size=8", "train.ensemble=1",
             "train.checkpoint_every=2", "train.select_metric=loss",
             "train.save_last=true"]  # last/: the final weights, compared bit for bit
 

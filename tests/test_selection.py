@@ -66,7 +66,7 @@ def test_stability_of_a_coin_flip_dev_split_by_hand():
 def test_a_run_reports_its_selection_and_the_smoothed_scores(prepared_dir, tmp_path):
     out = tmp_path / "run"
     assert main(["train", str(prepared_dir), "--fold", "1", "--out", str(out), "--preset", "tiny",
-                 "--modality", "audio", "--set", "train.epochs=3", "--set", "train.batch_size=8",
+                 "--modality", "audio", "--set", "train.epochs=3", "--set", "train.batch_size=8", "--set", "train.ensemble=1",
                  "--set", "data.cache_audio=false", "--set",  # speaker_norm needs the cache
                  "model.audio_options={attention_heads: 4, egemaps: true, use_mel: false, use_prosody: false}"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -16,7 +16,8 @@ from foalnet.cli import main
 from foalnet.train.data import BalancedSampler, Collator, EmotionDataset, Item
 
 # Small, fast settings shared by the end-to-end tests of this folder.
-FAST = ["--preset", "tiny", "--set", "train.batch_size=4", "--set", "train.eval_batch_size=8"]
+FAST = ["--preset", "tiny", "--set", "train.batch_size=4", "--set", "train.eval_batch_size=8",
+        "--set", "train.ensemble=1"]
 
 
 def make_visual_data(visual_dir: Path, dest: Path) -> Path:
@@ -252,7 +253,7 @@ def _tiny_cfg(data_dir, *extra):
     from foalnet.config import preset
 
     return preset("tiny").override([f"data.data_dir={data_dir}", "data.fold=1", "train.batch_size=4",
-                                    "train.eval_batch_size=8", *extra])
+                                    "train.eval_batch_size=8", "train.ensemble=1", *extra])
 
 
 def test_nan_steps_are_skipped_then_repeated_nans_stop_with_checkpoint_kept(data_dir, tmp_path):

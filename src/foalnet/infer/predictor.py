@@ -81,17 +81,19 @@ class _Item:
 
 
 def _resolve_model_dir(model_dir: PathLike) -> Path:
-    """A model folder, or a run folder whose best/ (else last/) model is used."""
+    """A model folder (one model or an ensemble), or a run folder whose best/ (else last/) model is used."""
+    from foalnet.model.ensemble import is_model_folder
+
     path = Path(model_dir)
     if not path.is_dir():
         raise PredictorError(f"{path}: model folder not found")
-    if (path / "config.json").is_file():
+    if is_model_folder(path):
         return path
     for sub in ("best", "last"):
-        if (path / sub / "config.json").is_file():
+        if is_model_folder(path / sub):
             log.info("%s is a run folder: using its %s/ model", path, sub)
             return path / sub
-    folds = sorted(p.parent.parent.name for p in path.glob("fold*/best/config.json"))
+    folds = sorted(p.parent.name for p in path.glob("fold*/best") if is_model_folder(p))
     hint = f"; a cross-validation folder: pick one fold's model, e.g. {path / folds[0]}/best" if folds else ""
     raise PredictorError(f"{path}: not a foalnet model folder (no config.json, no best/ or last/){hint}")
 
@@ -150,7 +152,7 @@ class Predictor:
         checkpoint on an offline machine); it must give the same feature dimension.
         Raises PredictorError with the reason when the folder cannot be used.
         """
-        from foalnet.model.foalnet import FoalNet
+        from foalnet.model.ensemble import load_model
 
         path = _resolve_model_dir(model_dir)
         try:
@@ -158,7 +160,7 @@ class Predictor:
         except (RuntimeError, AssertionError) as err:
             raise PredictorError(f"device {device!r} is not usable here ({err})") from err
         try:
-            model = FoalNet.from_pretrained(str(path))
+            model = load_model(str(path))
         except Exception as err:  # any loading failure is a bad model folder for the user
             raise PredictorError(f"{path}: cannot load the model ({type(err).__name__}: {err})") from err
         encoder = None

@@ -30,7 +30,8 @@ from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL
 from foalnet.train.loop import tagged
 from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
                                    bootstrap_cv, metrics_from_confusion, plot_confusion)
-from foalnet.train.run import PAPER_PROTOCOL, SUMMARY_FILE, is_complete, speaker_norm_note, train_fold
+from foalnet.train.run import (PAPER_PROTOCOL, SUMMARY_FILE, has_started, is_complete, speaker_norm_note,
+                               train_fold)
 from foalnet.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def run_cv(cfg: ExperimentConfig, cv_dir: str | Path, folds: list[int] | None = 
             summaries[fold] = json.loads((fold_dir / SUMMARY_FILE).read_text())
             continue
         fold_cfg = replace(cfg, data=replace(cfg.data, fold=fold))
-        resume = (fold_dir / "checkpoints").is_dir()
+        resume = has_started(fold_dir)
         summaries[fold] = train_fold(fold_cfg, fold_dir, resume=resume,
                                      accelerator=tagged(accelerator, f"fold {fold}"))
     summary = summarize(summaries, cfg, rejected_rows(cv_dir, folds))

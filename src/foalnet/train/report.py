@@ -201,6 +201,11 @@ def protocol_words(cfg: dict, summary: dict, seeds: list[int] | None = None) -> 
                      f"with the best dev {metric}{smoothed} were kept; the test fold was read "
                      "once, after training, with those weights (leave-one-fold-out; the dev "
                      "speakers of each fold are in its table row).")
+    members = int(train.get("ensemble") or 1)  # absent: a run made before ensembles existed
+    if members > 1:
+        selection += (f" Each fold is an <b>ensemble of {members} such models</b>, trained with seeds "
+                      f"train.seed + 1000 k (k = 0..{members - 1}; each its own dev speakers and "
+                      "selected epoch); the fold is scored by the mean of their class probabilities.")
     corpus = corpus_of(summary)
     counts = _prepare_counts(summary.get("data_dir"))
     data_text = (f"Data: <code>{esc(summary.get('data_dir'))}</code>, {esc(corpus['name'])}"

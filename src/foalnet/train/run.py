@@ -67,6 +67,12 @@ def is_complete(run_dir: Path) -> bool:
     return (Path(run_dir) / SUMMARY_FILE).is_file()
 
 
+def has_started(run_dir: Path) -> bool:
+    """Training began here: checkpoints of a single run, or members of an ensemble (train/ensemble.py)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "checkpoints").is_dir() or any(run_dir.glob("member*/" + CONFIG_FILE))
+
+
 def resolve_accelerator(cfg: ExperimentConfig):
     """An Accelerator for this config (mixed precision ``auto`` = fp16 on GPU, none on CPU)."""
     from accelerate import Accelerator
@@ -297,13 +303,17 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
             finish_checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
         logger.info("%s is already complete (%s): nothing to resume", run_dir, SUMMARY_FILE)
         return json.loads((run_dir / SUMMARY_FILE).read_text())
-    if not resume and ((run_dir / "checkpoints").is_dir() or is_complete(run_dir)):
+    if not resume and (has_started(run_dir) or is_complete(run_dir)):
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it, "
                          "or choose a new --out")
     if cfg.data.fold is None:
         raise UsageError("data.fold is not set: pass --fold K")
     started = time.time()
     acc = accelerator or resolve_accelerator(cfg)
+    if cfg.train.ensemble > 1:  # K runs of this function, one per seed, scored together
+        from foalnet.train.ensemble import train_ensemble
+
+        return train_ensemble(cfg, run_dir, hooks, acc)
     set_seed(cfg.train.seed)
     fold = load_fold(cfg)
     cfg = resolve_model_config(cfg, fold)
