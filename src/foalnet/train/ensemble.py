@@ -40,9 +40,11 @@ def train_ensemble(cfg: ExperimentConfig, run_dir: Path, hooks, acc) -> dict:
     """Train every member (resuming those begun before), then write the ensemble's outputs and
     return its summary. train_fold has refused a new run into a folder that holds one."""
     from foalnet.model.ensemble import save_ensemble_folder
-    from foalnet.train.run import CONFIG_FILE, SUMMARY_FILE, has_started, is_complete, run_provenance, train_fold
+    from foalnet.train.run import (CONFIG_FILE, SUMMARY_FILE, has_started, is_complete, load_fold,
+                                   run_provenance, train_fold)
 
     members = cfg.train.ensemble
+    load_fold(cfg)  # the manifest, the fold and the feature stores checked before anything is written
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save_yaml(run_dir / CONFIG_FILE, extra=run_provenance(f"ensemble of {members} runs: see member*/"))
