@@ -95,7 +95,7 @@ def _resolve_model_dir(model_dir: PathLike) -> Path:
             return path / sub
     folds = sorted(p.parent.name for p in path.glob("fold*/best") if is_model_folder(p))
     hint = f"; a cross-validation folder: pick one fold's model, e.g. {path / folds[0]}/best" if folds else ""
-    raise PredictorError(f"{path}: not a foalnet model folder (no config.json, no best/ or last/){hint}")
+    raise PredictorError(f"{path}: not a foalnet model folder (no config.json or ensemble.json, no best/ or last/){hint}")
 
 
 def _needed_modalities(modality: str) -> list[str]:

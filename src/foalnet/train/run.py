@@ -5,6 +5,8 @@ last/ with ``train.save_last``: ``FoalNet.save_pretrained`` folders), metrics.cs
 checkpoints/ (while training; removed when the run completes unless ``train.keep_checkpoints``),
 predictions.csv (test items, per-class probabilities), confusion.png, rejected.jsonl (items
 skipped as unreadable), summary.json (written last: its presence means the run is complete).
+With ``train.ensemble`` K > 1 the folder holds K such runs as member<k>/ and their combined outputs
+(train/ensemble.py).
 
 Model selection uses a dev split of the TRAINING folds (``protocol.split_fold``); the test fold
 is read only after training, with the selected weights. ``data.select_on_test`` reproduces the
