@@ -11,8 +11,6 @@ from its checkpoint. Member 1 has the run's own seed, so a one-member run is the
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -75,7 +73,7 @@ def combine(run_dir: Path, summaries: list[dict], seeds: list[int]) -> dict:
     members = len(summaries)
     first = summaries[0]
     labels = first["labels"]
-    tables = [read_probabilities(d / "predictions.csv", labels) for d in member_dirs(run_dir, members)]
+    tables = [read_probabilities(d, labels) for d in member_dirs(run_dir, members)]
     for k, table in enumerate(tables[1:], start=2):
         if list(table) != list(tables[0]):
             raise RuntimeError(f"{run_dir}/member{k}/predictions.csv scores other test items than "
@@ -84,6 +82,8 @@ def combine(run_dir: Path, summaries: list[dict], seeds: list[int]) -> dict:
     mean = np.mean([[table[i][1] for i in ids] for table in tables], axis=0) if ids else np.zeros((0, len(labels)))
     references = [labels.index(tables[0][i][0]) for i in ids]
     test = classification_metrics(references, mean.argmax(axis=1).tolist(), len(labels))
+    from foalnet.train.run import predictions_csv
+
     write_text_atomic(run_dir / "predictions.csv", predictions_csv(ids, references, mean, labels))
     member_scores = {key: [float(s["test"][key]) for s in summaries] for key in METRICS}
     keep = ("protocol", "speaker_independent", "fold", "modality", "use_avel", "use_mem", "labels",
@@ -108,23 +108,15 @@ def combine(run_dir: Path, summaries: list[dict], seeds: list[int]) -> dict:
     return summary
 
 
-def read_probabilities(path: Path, labels: list[str]) -> dict[str, tuple[str, np.ndarray]]:
+def read_probabilities(run_dir: Path, labels: list[str]) -> dict[str, tuple[str, np.ndarray]]:
     """``{id: (reference label, class probabilities in logit order)}`` of a run's predictions.csv."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    from foalnet.train.report import read_predictions
+
+    rows = read_predictions(run_dir)
     columns = [f"p_{name}" for name in labels]
     if rows and any(c not in rows[0] for c in columns):
-        raise RuntimeError(f"{path}: columns {list(rows[0])} do not hold the classes {labels}")
+        raise RuntimeError(f"{run_dir}/predictions.csv: columns {list(rows[0])} do not hold the classes {labels}")
     return {r["id"]: (r["label"], np.array([float(r[c]) for c in columns])) for r in rows}
-
-
-def predictions_csv(ids: list[str], references: list[int], probs: np.ndarray, labels: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", "label", "prediction", *[f"p_{name}" for name in labels]])
-    for item_id, ref, p in zip(ids, references, probs):
-        writer.writerow([item_id, labels[ref], labels[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
-    return buffer.getvalue()
 
 
 def _rejected_union(run_dir: Path, members: int) -> str:

@@ -461,14 +461,19 @@ def _test_and_report(cfg, acc, engine: Engine, model, test_loader, fold: FoldDat
 
 
 def _write_predictions(path: Path, fold: FoldData, result) -> None:
+    references = [fold.labels.index(fold.test[i]["label"]) for i in result.index.tolist()]
+    ids = [fold.test[i]["id"] for i in result.index.tolist()]
+    write_text_atomic(path, predictions_csv(ids, references, result.probs, fold.labels))
+
+
+def predictions_csv(ids: list[str], references: list[int], probs, labels: list[str]) -> str:
+    """predictions.csv: id, label, prediction (the most probable class), p_<class> per class."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["id", "label", "prediction", *[f"p_{name}" for name in fold.labels]])
-    for i, probs in zip(result.index.tolist(), result.probs):
-        record = fold.test[i]
-        writer.writerow([record["id"], record["label"], fold.labels[int(np.argmax(probs))],
-                         *[f"{p:.6f}" for p in probs]])
-    write_text_atomic(path, buffer.getvalue())
+    writer.writerow(["id", "label", "prediction", *[f"p_{name}" for name in labels]])
+    for item_id, ref, p in zip(ids, references, probs):
+        writer.writerow([item_id, labels[ref], labels[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+    return buffer.getvalue()
 
 
 def _write_rejected(path: Path, fold: FoldData, skipped: dict[str, str]) -> None:
