@@ -85,8 +85,9 @@ def test_validation_names_every_bad_value():
     with pytest.raises(ValueError) as err:
         TrainConfig(batch_size=0, mixed_precision="fp8")
     assert "batch_size=0" in str(err.value) and "mixed_precision='fp8'" in str(err.value)
-    with pytest.raises(ValueError, match="dev_speakers=0"):
-        DataConfig(dev_speakers=0)
+    with pytest.raises(ValueError, match="dev_speakers=-1"):
+        DataConfig(dev_speakers=-1)
+    assert DataConfig(dev_speakers=0).dev_speakers == 0  # no dev split: the last epoch is kept
 
 
 def test_unknown_yaml_keys_rejected(tmp_path):

@@ -126,3 +126,15 @@ def test_headless_chromium_renders_the_report(seeds_dir, tmp_path):
     dark = int(((r + g + b) < 200).sum())  # text
     blue = int(((b > r + 40) & (b > 120)).sum())  # confusion cells, curves
     assert dark > 5000 and blue > 2000, (dark, blue)
+
+
+def test_protocol_words_say_when_there_is_no_dev_split():
+    from foalnet.train.report import protocol_words
+
+    cfg = {"train": {"epochs": 30, "ensemble": 5, "select_metric": "ua"}, "data": {"dev_speakers": 0},
+           "model": {"modality": "audio"}}
+    words = protocol_words(cfg, {"data_dir": None, "folds": [1]})
+    assert "no dev split" in words and "weights after the last epoch were kept" in words
+    assert "ensemble of 5" in words and "selected epoch" not in words
+    with_dev = protocol_words({**cfg, "data": {"dev_speakers": 2}}, {"data_dir": None, "folds": [1]})
+    assert "2 held-out speaker(s)" in with_dev and "its own dev speakers and selected epoch" in with_dev

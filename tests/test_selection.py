@@ -79,3 +79,18 @@ def test_a_run_reports_its_selection_and_the_smoothed_scores(prepared_dir, tmp_p
     smoothed = [float(r["select_score"]) for r in rows]
     assert smoothed == pytest.approx([trailing_mean(raw[: i + 1], 3) for i in range(3)])
     assert summary["selected_epoch"] == 1 + max(range(3), key=lambda i: (smoothed[i], -i))
+
+
+def test_without_a_dev_split_every_training_speaker_trains_and_the_last_epoch_is_kept(prepared_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", str(prepared_dir), "--fold", "1", "--out", str(out), "--preset", "tiny",
+                 "--modality", "audio", "--set", "train.epochs=3", "--set", "train.batch_size=8",
+                 "--set", "train.ensemble=1", "--set", "data.dev_speakers=0", "--set", "data.cache_audio=false",
+                 "--set", "model.audio_options={attention_heads: 4}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    manifest = [json.loads(line) for line in (prepared_dir / "manifest.jsonl").read_text().splitlines()]
+    assert summary["dev_items"] == 0 and summary["selection"] is None
+    assert summary["train_items"] == sum(int(r["fold"]) != 1 for r in manifest)  # the whole pool
+    assert summary["selected_epoch"] == 3 and "no dev split" in summary["protocol"]
+    with open(out / "metrics.csv", newline="") as fh:
+        assert [row["best"] for row in csv.DictReader(fh)] == ["True", "True", "True"]

@@ -45,6 +45,7 @@ class DataConfig:
     # speakers of the training folds held out for model selection; "auto": as many as give the
     # dev split >= 48 items and >= 10 % of the training pool, at most a third of its speakers
     # (IEMOCAP: 1; 10 actors x 8 clips: 3). One speaker of 8 clips makes selection a coin flip.
+    # 0: no dev split: every training speaker trains and the weights after the last epoch are kept
     dev_speakers: int | str = "auto"
     select_on_test: bool = False  # paper protocol: pick the best epoch on the TEST fold (optimistic)
     num_workers: int = 0  # DataLoader worker processes
@@ -57,8 +58,8 @@ class DataConfig:
         if self.fold is not None and (not isinstance(self.fold, int) or self.fold < 0):
             problems.append(f"fold={self.fold!r} must be a non-negative integer or null")
         if self.dev_speakers != "auto" and not (isinstance(self.dev_speakers, int)
-                                                and self.dev_speakers >= 1):
-            problems.append(f"dev_speakers={self.dev_speakers!r} must be >= 1 or 'auto'")
+                                                and self.dev_speakers >= 0):
+            problems.append(f"dev_speakers={self.dev_speakers!r} must be >= 0 or 'auto'")
         if self.num_workers < 0:
             problems.append(f"num_workers={self.num_workers} must be >= 0")
         if self.group_batches < 1:

@@ -202,10 +202,17 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[d
     out["pooled"] = {k: v for k, v in metrics_from_confusion(pooled).items()}
     out["labels"] = per_fold[folds[0]]["labels"]
     speaker_independent = all(per_fold[k].get("speaker_independent", True) for k in folds)
-    out["protocol"] = (PAPER_PROTOCOL if cfg.data.select_on_test else (
-        "leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the training "
-        "folds; test fold untouched during selection") if speaker_independent else
-        OFFICIAL_SPLIT_PROTOCOL) + speaker_norm_note(cfg)
+    if cfg.data.select_on_test:
+        protocol = PAPER_PROTOCOL
+    elif not speaker_independent:
+        protocol = OFFICIAL_SPLIT_PROTOCOL
+    elif cfg.data.dev_speakers == 0:
+        protocol = ("leave-one-fold-out; no dev split: trained on every training speaker, the weights "
+                    "after the last epoch kept; test fold untouched during training")
+    else:
+        protocol = ("leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the "
+                    "training folds; test fold untouched during selection")
+    out["protocol"] = protocol + speaker_norm_note(cfg)
     out["speaker_independent"] = speaker_independent
     out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
     out["selection"] = [per_fold[k].get("selection") for k in folds]  # stability, train/loop.py

@@ -189,6 +189,11 @@ def protocol_words(cfg: dict, summary: dict, seeds: list[int] | None = None) -> 
         selection = (f"<b>Paper protocol (optimistic):</b> each model was trained for "
                      f"{train.get('epochs')} epochs and the epoch with the best {metric} on the "
                      "<b>test</b> fold was kept, so the test numbers are optimistic.")
+    elif data.get("dev_speakers") == 0:
+        selection = (f"Each model was trained for {train.get('epochs')} epochs on every speaker of "
+                     "the training folds (no dev split: data.dev_speakers = 0), and the weights after "
+                     "the last epoch were kept; the test fold was read once, after training "
+                     "(leave-one-fold-out).")
     else:
         count = data.get("dev_speakers")
         speakers = ("held-out speakers of the training folds (as many as the dev split needs: "
@@ -203,9 +208,10 @@ def protocol_words(cfg: dict, summary: dict, seeds: list[int] | None = None) -> 
                      "speakers of each fold are in its table row).")
     members = int(train.get("ensemble") or 1)  # absent: a run made before ensembles existed
     if members > 1:
+        own = "" if data.get("dev_speakers") == 0 else "; each its own dev speakers and selected epoch"
         selection += (f" Each fold is an <b>ensemble of {members} such models</b>, trained with seeds "
-                      f"train.seed + 1000 k (k = 0..{members - 1}; each its own dev speakers and "
-                      "selected epoch); the fold is scored by the mean of their class probabilities.")
+                      f"train.seed + 1000 k (k = 0..{members - 1}{own}); the fold is scored by the "
+                      "mean of their class probabilities.")
     corpus = corpus_of(summary)
     counts = _prepare_counts(summary.get("data_dir"))
     data_text = (f"Data: <code>{esc(summary.get('data_dir'))}</code>, {esc(corpus['name'])}"

@@ -135,6 +135,10 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
         train, dev, protocol = split.train + split.dev, split.test, PAPER_PROTOCOL
     elif official:
         train, dev, protocol = split.train, split.dev, OFFICIAL_SPLIT_PROTOCOL
+    elif not split.dev:  # data.dev_speakers = 0
+        train, dev = split.train, split.dev
+        protocol = (f"no dev split: every training speaker trains, the weights after the last epoch "
+                    f"are kept; test fold {d.fold} untouched during training")
     else:
         train, dev = split.train, split.dev
         dev_speakers = sorted({str(r.get("speaker")) for r in dev})
