@@ -52,6 +52,10 @@ class DataConfig:
     length_grouped: bool = False  # batch similar lengths together (still class-balanced)
     group_batches: int = 50  # length-grouping window, in batches
     cache_audio: bool = True  # run the audio encoder's fixed front end once per utterance (same function)
+    # speed perturbation of the TRAINING clips (Ko et al. 2015): each factor f adds a copy of
+    # every training clip resampled by f (tempo and pitch x f), cached like the originals and
+    # z-scored as a speaker of its own (speaker_norm); an epoch still draws len(originals) items
+    speed_perturb: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,6 +68,9 @@ class DataConfig:
             problems.append(f"num_workers={self.num_workers} must be >= 0")
         if self.group_batches < 1:
             problems.append(f"group_batches={self.group_batches} must be >= 1")
+        factors = list(self.speed_perturb)
+        if any(not 0.5 <= float(f) <= 2.0 or float(f) == 1.0 for f in factors) or len(set(factors)) < len(factors):
+            problems.append(f"speed_perturb={factors} must be distinct factors in [0.5, 2] other than 1")
         _bad("data config", problems)
 
 

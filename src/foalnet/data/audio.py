@@ -232,7 +232,16 @@ def load_record_audio(record: dict, sample_rate: int, max_seconds: float) -> np.
     """The first ``max_seconds`` of a manifest record's audio (its span, if any), float32 [S].
 
     The one definition of "the model's audio input" (spec §1.1: first 6 s), shared by training
-    and the audio front-end cache so the two can never disagree."""
+    and the audio front-end cache so the two can never disagree. A record with ``speed`` (a
+    speed-perturbed training copy, ``data.speed_perturb``) is resampled by that factor first."""
     wav = load_audio(record["wav"], sample_rate=sample_rate,
                      start=record.get("audio_start"), end=record.get("audio_end"))
+    if record.get("speed") is not None:
+        wav = change_speed(wav, sample_rate, float(record["speed"]))
     return np.ascontiguousarray(wav[: int(round(max_seconds * sample_rate))], dtype=np.float32)
+
+
+def change_speed(wav: np.ndarray, sample_rate: int, factor: float) -> np.ndarray:
+    """``wav`` played ``factor`` times faster: duration / factor, every frequency x factor (sox's
+    ``speed``; Kaldi's speed perturbation): resampled to sample_rate / factor, kept at sample_rate."""
+    return soxr.resample(np.asarray(wav, dtype=np.float32), sample_rate, sample_rate / factor, quality="HQ")

@@ -131,6 +131,23 @@ def _draw_dev_speakers(train_pool: list[dict], dev_speakers: int, seed: int) -> 
     return {speakers[i] for i in sorted(chosen)}
 
 
+SPEED_TAG = "@speed"  # id and speaker suffix of a speed-perturbed copy
+
+
+def speed_copies(records: list[dict], factors: list[float]) -> list[dict]:
+    """One copy of every record per speed factor (``data.speed_perturb``): id and speaker get
+    ``@speed<f>`` (a copy is its own speaker for per-speaker normalisation: its voice is another
+    one), ``speed`` = f, ``copy_of`` = the original's id."""
+    copies = []
+    for factor in factors:
+        tag = f"{SPEED_TAG}{float(factor):g}"
+        for record in records:
+            speaker = record.get("speaker")
+            copies.append({**record, "id": f"{record['id']}{tag}", "speed": float(factor), "copy_of": record["id"],
+                           "speaker": None if speaker is None else f"{speaker}{tag}"})
+    return copies
+
+
 def split_fold(records: list[dict], test_fold: int, dev_speakers: int = 1,
                seed: int = 1234, dev_fraction: float = 0.1) -> FoldSplit:
     """Split ``records`` for one fold: test = ``fold == test_fold``; dev speaker(s) drawn from the rest.

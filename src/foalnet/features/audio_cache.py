@@ -47,9 +47,12 @@ def item_key(record: dict, frontend_hash: str) -> str:
     """Key of one cached array; raises OSError when the wav cannot be stat'ed."""
     wav = os.path.abspath(record["wav"])
     st = os.stat(wav)
-    return feature_key({"wav": wav, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                        "audio_start": record.get("audio_start"), "audio_end": record.get("audio_end"),
-                        "frontend": frontend_hash})
+    fields = {"wav": wav, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+              "audio_start": record.get("audio_start"), "audio_end": record.get("audio_end"),
+              "frontend": frontend_hash}
+    if record.get("speed") is not None:  # a speed-perturbed copy (only then: other keys unchanged)
+        fields["speed"] = float(record["speed"])
+    return feature_key(fields)
 
 
 @dataclass

@@ -209,17 +209,21 @@ class BalancedSampler(Sampler[int]):
         lengths: Sequence[float] | None = None,
         batch_size: int = 16,
         group_batches: int = 50,
+        draws: int | None = None,
     ) -> None:
+        """``draws``: items drawn per epoch (default: one per item; speed-perturbed copies keep
+        the originals' count, so an epoch is as long as without them)."""
         if not targets:
             raise ValueError("BalancedSampler needs at least one item")
         self.targets = torch.as_tensor(list(targets), dtype=torch.long)
         self.seed, self.balanced = seed, balanced
         self.lengths = None if lengths is None else torch.as_tensor(list(lengths), dtype=torch.float64)
         self.batch_size, self.group_batches = batch_size, group_batches
+        self.draws = len(self.targets) if draws is None else int(draws)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return self.draws
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -238,9 +242,9 @@ class BalancedSampler(Sampler[int]):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.targets)
         if self.balanced:
-            draws = torch.multinomial(self.weights(), n, replacement=True, generator=gen)
+            draws = torch.multinomial(self.weights(), self.draws, replacement=True, generator=gen)
         else:
-            draws = torch.randperm(n, generator=gen)
+            draws = torch.randperm(n, generator=gen)[: self.draws]
         if self.lengths is not None:
             draws = self._group_by_length(draws, gen)
         return draws.tolist()

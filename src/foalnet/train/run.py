@@ -63,6 +63,12 @@ class FoldData:
     protocol: str
     store: object | None
     speaker_independent: bool = True  # False for a corpus's official partition (MELD)
+    speed_copies: int = 0  # speed-perturbed copies at the end of ``train`` (data.speed_perturb)
+
+    @property
+    def train_originals(self) -> list[dict]:
+        """The training records without their speed-perturbed copies."""
+        return self.train[: len(self.train) - self.speed_copies]
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -123,7 +129,7 @@ def single_process_cpu_launch(env: Mapping[str, str]) -> str | None:
 def load_fold(cfg: ExperimentConfig) -> FoldData:
     """Read the manifest, split the fold (dev from training folds only), open the visual cache."""
     from foalnet.data.manifest import read_manifest, read_prepare_meta
-    from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL, has_official_split, split_fold
+    from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL, has_official_split, speed_copies, split_fold
 
     d = cfg.data
     records = read_manifest(d.data_dir)
@@ -145,8 +151,12 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
         protocol = (f"dev split from the training folds (held-out speakers {', '.join(dev_speakers)}); "
                     f"test fold {d.fold} untouched during selection")
     store = open_visual_store(cfg) if cfg.model.modality in ("av", "video") else None
-    return FoldData(train, dev, split.test, labels, protocol + speaker_norm_note(cfg), store,
-                    speaker_independent=not official)
+    copies = speed_copies(train, list(d.speed_perturb)) if d.speed_perturb else []
+    if copies:
+        protocol += (f"; training clips speed-perturbed (factors {', '.join(f'{f:g}' for f in d.speed_perturb)}: "
+                     "one copy each, training only)")
+    return FoldData(train + copies, dev, split.test, labels, protocol + speaker_norm_note(cfg), store,
+                    speaker_independent=not official, speed_copies=len(copies))
 
 
 def speaker_norm_note(cfg: ExperimentConfig) -> str:
@@ -248,7 +258,7 @@ def speaker_norm_statistics(fold: FoldData, model, audio_store) -> dict | None:
     from foalnet.features.speaker_norm import POOLED, pooled_statistics, speaker_statistics
 
     stats = speaker_statistics(audio_store, fold.train + fold.dev + fold.test)
-    stats[POOLED] = pooled_statistics(stats, (r.get("speaker") for r in fold.train))
+    stats[POOLED] = pooled_statistics(stats, (r.get("speaker") for r in fold.train_originals))
     encoder.set_speaker_fallback(*stats[POOLED])
     return stats
 
@@ -272,7 +282,7 @@ def make_loaders(cfg: ExperimentConfig, fold: FoldData, num_processes: int, audi
     lengths = train_set.durations() if cfg.data.length_grouped else None
     sampler = BalancedSampler(train_set.targets(), seed=t.seed, balanced=t.balanced_sampling,
                               lengths=lengths, batch_size=t.batch_size,
-                              group_batches=cfg.data.group_batches)
+                              group_batches=cfg.data.group_batches, draws=len(fold.train_originals))
     common = dict(num_workers=cfg.data.num_workers, persistent_workers=False)
     eval_bs = t.eval_batch_size or t.batch_size
     # own generators: creating a loader iterator must not consume the global RNG (exact resume)
@@ -337,7 +347,7 @@ def train_fold(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     sampler, train_loader, dev_loader, test_loader = make_loaders(
         cfg, fold, acc.num_processes, audio_store, audio_failed,
         audio_norm=speaker_norm_statistics(fold, model, audio_store))
-    per_epoch = steps_per_epoch(len(fold.train), cfg.train.batch_size, acc.num_processes,
+    per_epoch = steps_per_epoch(len(fold.train_originals), cfg.train.batch_size, acc.num_processes,
                                 cfg.train.grad_accum)
     t = replace(cfg.train, epochs=train_epochs(cfg.train, per_epoch))  # train.min_steps: more epochs
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], lr=t.lr,
@@ -442,7 +452,8 @@ def _test_and_report(cfg, acc, engine: Engine, model, test_loader, fold: FoldDat
         "use_mem": cfg.model.use_mem,
         "labels": fold.labels,
         "epochs_run": len(state.history),
-        "train_items": len(fold.train),
+        "train_items": len(fold.train_originals),
+        "speed_copies": fold.speed_copies,
         "dev_items": len(fold.dev),
         "test_items": len(fold.test),
         "skipped_items": len(state.skipped),
