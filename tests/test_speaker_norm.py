@@ -158,13 +158,19 @@ def test_training_statistics_come_from_each_split_and_the_pool_from_training_spe
     from foalnet.train.run import speaker_norm_statistics
 
     enc = OfflineAudioEncoder(hidden_size=16, speaker_norm=True)
+    from foalnet.train.run import FoldData
+
     store = FakeStore({"a1": np.full((2, enc.input_proj.in_channels), 1.0, np.float32),
                        "b1": np.full((1, enc.input_proj.in_channels), 3.0, np.float32),
+                       "a1@speed0.9": np.full((1, enc.input_proj.in_channels), 50.0, np.float32),
                        "t1": np.full((1, enc.input_proj.in_channels), 9.0, np.float32)})
-    fold = SimpleNamespace(train=records(("a1", "A"), ("b1", "B")), dev=[], test=records(("t1", "T")))
+    train = records(("a1", "A"), ("b1", "B"), ("a1@speed0.9", "A@speed0.9"))  # a speed-perturbed copy last
+    fold = FoldData(train, [], records(("t1", "T")), ["neu"], "", None, speed_copies=1)
     stats = speaker_norm_statistics(fold, SimpleNamespace(uses_audio=True, audio_encoder=enc), store)
-    assert set(stats) == {"A", "B", "T", POOLED}
-    np.testing.assert_allclose(stats[POOLED][0], 2.0)  # mean of A's 1 and B's 3; T is a test speaker
+    assert set(stats) == {"A", "B", "A@speed0.9", "T", POOLED}
+    np.testing.assert_allclose(stats["A@speed0.9"][0], 50.0)  # the copy is z-scored as its own speaker
+    # the pool: mean of A's 1 and B's 3; T is a test speaker, the copy not a real training speaker
+    np.testing.assert_allclose(stats[POOLED][0], 2.0)
     torch.testing.assert_close(enc.norm_mean, torch.full_like(enc.norm_mean, 2.0))  # kept for predict
 
 
