@@ -239,8 +239,6 @@ def paper_dims_config(config_cls, audio_encoder: str):
 
 def build_model(impl: str, model_dir: Path):
     """``ours`` = FoalNet.from_pretrained; ``original`` = the reference with the same tensors."""
-    import torch
-
     from foalnet.model.foalnet import FoalNet
 
     if impl in ("ours", "cached", "cached-ckpt", DIRECT_CONV):

@@ -403,11 +403,12 @@ def test_default_run_changes_nothing_process_wide(data_dir, tmp_path):
     as it found them: no allocator, thread or backend setting leaks into the caller.
 
     Two dependencies write os.environ when first imported, whoever imports them: scikit-learn
-    (``KMP_DUPLICATE_LIB_OK``, ``KMP_INIT_AT_FORK``, setdefault) and torch._dynamo, which every
-    ``torch.optim`` optimiser imports (``TORCHINDUCTOR_CACHE_DIR``). They are imported first, so
-    what is compared is what foalnet's own code does."""
+    (``KMP_DUPLICATE_LIB_OK``, ``KMP_INIT_AT_FORK``, setdefault) and torch's compiler stack, which
+    the first ``torch.optim`` optimiser imports (``TORCHINDUCTOR_CACHE_DIR``). Both are loaded
+    first, so what is compared is what foalnet's own code does."""
     import sklearn  # noqa: F401
-    import torch._dynamo  # noqa: F401
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # loads what every optimiser loads
 
     before = _process_state()
     assert main(["train", str(data_dir), "--fold", "1", "--out", str(tmp_path / "run"), *FAST,
