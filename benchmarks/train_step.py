@@ -98,11 +98,10 @@ IMPLS = ("original", "ours", "cached")
 # activation checkpointing of the audio encoder's transformer layers
 # (model.audio_gradient_checkpointing=true): less memory, more time
 EXTRA_IMPLS = ("cached-ckpt",)
-DIRECT_CONV = "cached-conv"  # the audio cache with the positional conv as nn.Conv1d (no FFT on CPU)
 # optional row (--with-original-ce): the original backpropagating the classification loss only, as
 # the runnable version of the authors' train.py does (``loss = c_loss``; the forward is the same)
 ORIGINAL_CE = "original-ce"
-ALL_IMPLS = IMPLS + EXTRA_IMPLS + (ORIGINAL_CE, DIRECT_CONV)
+ALL_IMPLS = IMPLS + EXTRA_IMPLS + (ORIGINAL_CE,)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -241,11 +240,7 @@ def build_model(impl: str, model_dir: Path):
     """``ours`` = FoalNet.from_pretrained; ``original`` = the reference with the same tensors."""
     from foalnet.model.foalnet import FoalNet
 
-    if impl in ("ours", "cached", "cached-ckpt", DIRECT_CONV):
-        if impl == DIRECT_CONV:  # this worker process only: every kernel length keeps nn.Conv1d
-            import foalnet.model.fft_conv as fft_conv
-
-            fft_conv.MIN_TAPS = 1 << 30
+    if impl in ("ours", "cached", "cached-ckpt"):
         model = FoalNet.from_pretrained(model_dir)
         if impl == "cached-ckpt":
             model.audio_encoder.gradient_checkpointing_enable()
@@ -486,8 +481,7 @@ def epoch_estimate(grids: dict[str, dict[float, float]], orig_step: float, n_ite
 # ------------------------------------------------------------------------------ report
 IMPL_NAMES = {"original": "original (authors' structure)",
               "original-keep": "original + foalnet's allocator settings", "ours": "foalnet, from the waveform",
-              "cached": "foalnet, audio cache (default)", ORIGINAL_CE: "original, CE-only backward (their train.py)", "cached-ckpt": "foalnet, audio cache + checkpointing, default malloc",
-              DIRECT_CONV: "foalnet, audio cache, positional conv by nn.Conv1d (no FFT)"}
+              "cached": "foalnet, audio cache (default)", ORIGINAL_CE: "original, CE-only backward (their train.py)", "cached-ckpt": "foalnet, audio cache + checkpointing, default malloc"}
 
 
 def table(results: list[dict]) -> str:
@@ -554,8 +548,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="padded lengths (s) for the epoch estimate besides 6 s (default 1.5 3; --full: 1 2 3 4.5)")
     p.add_argument("--with-original-ce", action="store_true",
                    help="also the original backpropagating the classification loss only (the authors' runnable train.py)")
-    p.add_argument("--with-direct-conv", action="store_true",
-                   help="also the audio cache with the positional convolution as nn.Conv1d (the FFT kernel off)")
     p.add_argument("--with-checkpointing", action="store_true",
                    help="also the audio cache + activation checkpointing of the audio encoder")
     p.add_argument("--batch-size", type=int, default=16)
@@ -673,8 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             for lengths in (args.inputs_large if large else args.inputs):
                 impls = tuple(args.impls_large) if large else IMPLS
                 runs = args.repeats if lengths == "mix" and not large else 1
-                extra = ((EXTRA_IMPLS if args.with_checkpointing else ()) + ((ORIGINAL_CE,) if args.with_original_ce else ())
-                         + ((DIRECT_CONV,) if args.with_direct_conv else ()))
+                extra = (EXTRA_IMPLS if args.with_checkpointing else ()) + ((ORIGINAL_CE,) if args.with_original_ce else ())
                 for run in range(runs):  # fresh processes in turn (original, ours, cached, original, ...):
                     for impl in impls + extra:  # the machine's drift during the job hits every row alike
                         session.measure(model_dir, impl, n_layers, lengths, steps, runs=run + 1)

@@ -7,10 +7,10 @@ q/k/v/output projections, the feed-forward block, dropout. Here those run on the
 valid frames (``Packing``), with the encoder's own modules; attention unpacks q, k, v to
 [B, heads, T, d] and runs torch's ``scaled_dot_product_attention`` with WavLM's gated relative
 position bias and the key padding in one float ``attn_mask``, so each valid frame sees exactly the
-keys it sees in transformers. The positional convolution is the encoder's own module, on the
-padded batch (padding is zero there, as in transformers), except on CPU, where its convolution
-runs by FFT (``fft_conv.py``: torch's FFT and matmul, measured 3x cheaper than oneDNN's grouped
-128-tap kernel there). In training on CPU the attention core is recomputed in the backward pass
+keys it sees in transformers. The positional convolution is the encoder's own module, on each
+length group's rows cut to the group's longest item (padding is zero there, as in transformers:
+``positional_frames``; an FFT convolution on CPU, once worth 1.2-1.3x per step on the padded
+batch, gave 1.06x on the cut blocks and was removed: docs/benchmarks.md). In training on CPU the attention core is recomputed in the backward pass
 instead of keeping its T x T tensors (``attention``). Dropout is torch's ``native_dropout`` kernel
 (``foalnet.model.dropout``: the kernel ``F.dropout`` runs on CUDA; on CPU it keeps a bool mask where
 ``F.dropout`` keeps a float one). Otherwise every device runs torch's and transformers' own code,
@@ -35,7 +35,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from foalnet.model.dropout import module_dropout
-from foalnet.model.fft_conv import positional_conv
 from foalnet.model.packing import Grouping, Packing, length_groups
 
 # What the packed path reads of transformers' WavLM modules, by module.
@@ -156,6 +155,19 @@ def layer_forward(layer: nn.Module, x: torch.Tensor, grouping: Grouping, positio
     return layer.final_layer_norm(x + feed_forward(layer.feed_forward, x))
 
 
+def positional_frames(pos_conv: nn.Module, hidden: torch.Tensor, grouping: Grouping) -> torch.Tensor:
+    """``hidden + pos_conv(hidden)`` at the valid frames, packed [N, H]: the convolution runs per
+    length group on the group's rows cut to its longest item. Frames beyond an item are zero in
+    the padded batch and in the cut block alike (the convolution's own padding), so valid frames
+    are unchanged, and the convolution computes 1.1-1.4x the valid frames instead of 1.7x (the
+    IEMOCAP-like batches of ``benchmarks/train_step.py``)."""
+    outputs = []
+    for group in grouping.groups:
+        block = hidden.index_select(0, group.items)[:, : group.packing.length]
+        outputs.append(group.packing.pack(block + pos_conv(block)))
+    return grouping.to_packed(outputs)
+
+
 def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
                            attention_groups: int = ATTENTION_GROUPS, recompute_attention: bool = False) -> torch.Tensor:
     """``encoder(hidden, attention_mask=mask).last_hidden_state`` on valid frames (padding zero).
@@ -167,14 +179,13 @@ def packed_encoder_forward(encoder: nn.Module, hidden: torch.Tensor, mask: torch
     check_wavlm_internals(encoder)
     stable = type(encoder).__name__.endswith("StableLayerNorm")
     hidden = hidden.masked_fill(~mask.unsqueeze(-1), 0.0)
-    hidden = hidden + positional_conv(encoder.pos_conv_embed, hidden)  # by FFT on CPU (fft_conv.py)
+    packing, grouping = Packing(mask), length_groups(mask, attention_groups)
+    x = positional_frames(encoder.pos_conv_embed, hidden, grouping)  # (N, H)
     if not stable:
-        hidden = encoder.layer_norm(hidden)
-    packing = Packing(mask)
-    x = module_dropout(encoder.dropout, packing.pack(hidden))  # (N, H)
+        x = encoder.layer_norm(x)
+    x = module_dropout(encoder.dropout, x)
     T = hidden.shape[1]
     position_bias = encoder.layers[0].attention.compute_bias(T, T)  # (heads, T, T)
-    grouping = length_groups(mask, attention_groups)
     layerdrop = encoder.config.layerdrop if encoder.training else 0.0
     recompute_attention = recompute_attention and encoder.training
     for i, layer in enumerate(encoder.layers):
