@@ -155,11 +155,9 @@ def test_speaker_norm_needs_the_audio_cache() -> None:
 
 
 def test_training_statistics_come_from_each_split_and_the_pool_from_training_speakers() -> None:
-    from foalnet.train.run import speaker_norm_statistics
+    from foalnet.train.run import FoldData, speaker_norm_statistics
 
     enc = OfflineAudioEncoder(hidden_size=16, speaker_norm=True)
-    from foalnet.train.run import FoldData
-
     store = FakeStore({"a1": np.full((2, enc.input_proj.in_channels), 1.0, np.float32),
                        "b1": np.full((1, enc.input_proj.in_channels), 3.0, np.float32),
                        "a1@speed0.9": np.full((1, enc.input_proj.in_channels), 50.0, np.float32),

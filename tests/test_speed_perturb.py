@@ -86,3 +86,12 @@ def test_a_run_trains_on_the_copies_and_tests_on_the_originals(prepared_dir, tmp
     train_ids = [r["id"] for r in manifest if int(r["fold"]) != 1]
     assert summary["train_items"] + summary["dev_items"] == len(train_ids)
     assert sum(f"{i}@speed0.9" in ids for i in train_ids) == summary["train_items"]  # dev and test: no copies
+
+
+def test_run_and_cv_protocol_lines_name_the_factors():
+    from foalnet.config import preset
+    from foalnet.train.run import protocol_notes
+
+    cfg = preset("tiny").override(["data.speed_perturb=[0.9, 1.1]"])
+    assert protocol_notes(cfg).startswith("; training clips speed-perturbed (factors 0.9, 1.1: one copy each")
+    assert "speed-perturbed" not in protocol_notes(preset("tiny"))

@@ -30,7 +30,7 @@ from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL
 from foalnet.train.loop import tagged
 from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
                                    bootstrap_cv, metrics_from_confusion, plot_confusion)
-from foalnet.train.run import (PAPER_PROTOCOL, SUMMARY_FILE, has_started, is_complete, speaker_norm_note,
+from foalnet.train.run import (PAPER_PROTOCOL, SUMMARY_FILE, has_started, is_complete, protocol_notes,
                                train_fold)
 from foalnet.errors import UsageError
 
@@ -212,7 +212,7 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[d
     else:
         protocol = ("leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the "
                     "training folds; test fold untouched during selection")
-    out["protocol"] = protocol + speaker_norm_note(cfg)
+    out["protocol"] = protocol + protocol_notes(cfg)
     out["speaker_independent"] = speaker_independent
     out["selected_epochs"] = [per_fold[k].get("selected_epoch") for k in folds]
     out["selection"] = [per_fold[k].get("selection") for k in folds]  # stability, train/loop.py

@@ -152,11 +152,17 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
                     f"test fold {d.fold} untouched during selection")
     store = open_visual_store(cfg) if cfg.model.modality in ("av", "video") else None
     copies = speed_copies(train, list(d.speed_perturb)) if d.speed_perturb else []
-    if copies:
-        protocol += (f"; training clips speed-perturbed (factors {', '.join(f'{f:g}' for f in d.speed_perturb)}: "
-                     "one copy each, training only)")
-    return FoldData(train + copies, dev, split.test, labels, protocol + speaker_norm_note(cfg), store,
+    return FoldData(train + copies, dev, split.test, labels, protocol + protocol_notes(cfg), store,
                     speaker_independent=not official, speed_copies=len(copies))
+
+
+def protocol_notes(cfg: ExperimentConfig) -> str:
+    """What a run's and a cv summary's protocol lines add for the training data's treatment:
+    speed perturbation, per-speaker normalisation."""
+    factors = cfg.data.speed_perturb
+    speed = (f"; training clips speed-perturbed (factors {', '.join(f'{f:g}' for f in factors)}: one "
+             "copy each, training only)") if factors else ""
+    return speed + speaker_norm_note(cfg)
 
 
 def speaker_norm_note(cfg: ExperimentConfig) -> str:

@@ -253,7 +253,7 @@ def write_summary(per_fold: dict[int, dict], out_dir: Path, data_dir: str | Path
 
     folds = sorted(per_fold)
     view = SimpleNamespace(  # the fields of ExperimentConfig that cv.summarize reads
-        data=SimpleNamespace(select_on_test=False, dev_speakers=0, data_dir=str(Path(data_dir).resolve())),
+        data=SimpleNamespace(select_on_test=False, dev_speakers=0, speed_perturb=[], data_dir=str(Path(data_dir).resolve())),
         model=SimpleNamespace(modality="audio", use_avel=False, use_mem=False, audio_options=None))
     summary = summarize(per_fold, view, rejected_rows(out_dir, folds))
     summary["protocol"] = (f"leave-one-fold-out; SVM C and gamma chosen by a speaker-grouped "
