@@ -87,6 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foalnet.model.compare_llds import COMPARE_LLD_SCALE, compare_llds
 from foalnet.model.losses import masked_mean as _masked_mean
 from foalnet.errors import UsageError
 
@@ -127,6 +128,7 @@ class OfflineAudioConfig:
     use_mel: bool = True  # include the log-mel bands
     use_prosody: bool = True  # include the prosodic LLDs (F0, voicing, energy, tilt, ...)
     egemaps: bool = False  # include openSMILE's 25 eGeMAPSv02 LLDs (needs the opensmile package)
+    compare: bool = False  # include openSMILE's 65 ComParE 2016 LLDs (model/compare_llds.py)
     normalization: str = "global"  # "global" (fixed scale), "utterance" (mean-centred) or "both"
     utterance_std: bool = False  # append each feature's utterance std to every frame (context)
     utterance_var: bool = False  # append (x - utterance mean)^2 per frame: its pooled mean is the variance
@@ -163,8 +165,8 @@ class OfflineAudioConfig:
             bad.append(f"attention_heads={self.attention_heads} (>= 0, divides hidden_size)")
         if self.normalization not in ("global", "utterance", "both"):
             bad.append(f"normalization={self.normalization!r} (global, utterance or both)")
-        if not (self.use_mel or self.use_prosody or self.egemaps):
-            bad.append("use_mel, use_prosody and egemaps all False")
+        if not (self.use_mel or self.use_prosody or self.egemaps or self.compare):
+            bad.append("use_mel, use_prosody, egemaps and compare all False")
         if not 0 < self.f0_min < self.f0_max < SAMPLE_RATE / 4:
             bad.append(f"f0_min={self.f0_min}, f0_max={self.f0_max}")
         if bad:
@@ -224,7 +226,8 @@ class DSPFrontEnd(nn.Module):
     @property
     def num_features(self) -> int:
         return ((self.cfg.n_mels if self.cfg.use_mel else 0) + (8 if self.cfg.use_prosody else 0)
-                + (len(EGEMAPS_LLD_SCALE) if self.cfg.egemaps else 0))
+                + (len(EGEMAPS_LLD_SCALE) if self.cfg.egemaps else 0)
+                + (len(COMPARE_LLD_SCALE) if self.cfg.compare else 0))
 
     def _autocorr(self, frames: torch.Tensor) -> torch.Tensor:
         """Autocorrelation of frames (..., W) for lags 0..W-1 via FFT (no circular wrap)."""
@@ -287,6 +290,8 @@ class DSPFrontEnd(nn.Module):
             feats.append(self._prosody(wave, frames, power, L))
         if self.cfg.egemaps:
             feats.append(egemaps_llds(wave, mask.sum(-1), L, waveform_mask.sum(-1)))
+        if self.cfg.compare:
+            feats.append(compare_llds(wave, mask.sum(-1), L, waveform_mask.sum(-1)))
         x = torch.cat(feats, -1) * mask.unsqueeze(-1)
         return x, mask
 
@@ -427,6 +432,11 @@ class OfflineAudioEncoder(nn.Module):
 
             fingerprint["egemaps"] = {"opensmile": opensmile.__version__,
                                    "lld_scale": [list(row) for row in EGEMAPS_LLD_SCALE]}
+        if self.config.compare:
+            import opensmile
+
+            fingerprint["compare"] = {"opensmile": opensmile.__version__,
+                                      "lld_scale": [list(row) for row in COMPARE_LLD_SCALE]}
         return fingerprint
 
     def frontend(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
