@@ -68,7 +68,9 @@ balance, MFCC 1-4, on the same 10 ms grid, each put on a fixed scale, EGEMAPS_LL
 each channel is z-scored with the speaker's own statistics before the trainable part
 (features/speaker_norm.py; the dataset does it from the manifest's speakers, while ``forward``
 on a waveform, i.e. prediction, where no speaker is known, uses the training speakers' pooled
-statistics kept in the buffers ``norm_mean`` / ``norm_std``). Chosen through ``foalnet cv
+statistics kept in the buffers ``norm_mean`` / ``norm_std``). Since 2026-12-03 the preset also
+sets ``compare=True``: openSMILE's 65 ComParE 2016 LLDs beside the eGeMAPS ones (90 channels,
+model/compare_llds.py). Chosen through ``foalnet cv
 --modality audio`` on real speech, speaker-disjoint folds, with held-out folds reported apart:
 docs/benchmarks.md ("The offline audio path on real speech") has every candidate and command.
 The measurements above (benchmarks/real_speech_dev.py) are of the log-mel + prosody frames.

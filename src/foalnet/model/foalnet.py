@@ -128,10 +128,11 @@ class FoalNetConfig:
         # attention_heads=4: one self-attention block in the offline encoder; on real speech
         # (real-speech-dev, 6 speaker folds) UA 0.640 vs 0.619 (5 seeds, benchmarks/real_speech_dev.py)
         # and 0.604 vs 0.510 through `foalnet cv --modality audio` (README, 1 seed).
-        # egemaps + speaker_norm (openSMILE eGeMAPS LLD frames, z-scored per speaker) instead of
-        # the log-mel + prosody frames: chosen on real speech, docs/benchmarks.md.
-        audio = {"attention_heads": 4, "egemaps": True, "use_mel": False, "use_prosody": False,
-                 "speaker_norm": True}
+        # egemaps + compare + speaker_norm (openSMILE's eGeMAPS and ComParE LLD frames, z-scored
+        # per speaker) instead of the log-mel + prosody frames: chosen on real speech,
+        # docs/benchmarks.md (ComParE added in its sixth round: 0.740 vs 0.707 over 3 seeds).
+        audio = {"attention_heads": 4, "egemaps": True, "compare": True, "use_mel": False,
+                 "use_prosody": False, "speaker_norm": True}
         base = dict(audio_encoder="offline", audio_options=audio, visual_encoder="tiny",
                     video_dim=128, proj_dim=64)
         return cls(**{**base, **overrides})
