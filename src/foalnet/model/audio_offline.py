@@ -63,14 +63,14 @@ the DSP features supply that prior.  Front end + encoder forward+backward of a 1
 
 Since 2026-12-02 the ``tiny`` preset uses ``egemaps=True, use_mel=False, use_prosody=False,
 speaker_norm=True`` (FoalNetConfig.tiny): the frames are openSMILE's 25 eGeMAPSv02 low-level
-descriptors (``egemaps_llds``: F0, jitter, shimmer, loudness, HNR, formants, spectral slopes and
+descriptors (model/opensmile_llds.py, ``egemaps_llds``: F0, jitter, shimmer, loudness, HNR, formants, spectral slopes and
 balance, MFCC 1-4, on the same 10 ms grid, each put on a fixed scale, EGEMAPS_LLD_SCALE), and
 each channel is z-scored with the speaker's own statistics before the trainable part
 (features/speaker_norm.py; the dataset does it from the manifest's speakers, while ``forward``
 on a waveform, i.e. prediction, where no speaker is known, uses the training speakers' pooled
 statistics kept in the buffers ``norm_mean`` / ``norm_std``). Since 2026-12-03 the preset also
 sets ``compare=True``: openSMILE's 65 ComParE 2016 LLDs beside the eGeMAPS ones (90 channels,
-model/compare_llds.py). Chosen through ``foalnet cv
+model/opensmile_llds.py). Chosen through ``foalnet cv
 --modality audio`` on real speech, speaker-disjoint folds, with held-out folds reported apart:
 docs/benchmarks.md ("The offline audio path on real speech") has every candidate and command.
 The measurements above (benchmarks/real_speech_dev.py) are of the log-mel + prosody frames.
@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foalnet.model.compare_llds import COMPARE_LLD_SCALE, compare_llds
+from foalnet.model.opensmile_llds import COMPARE_LLD_SCALE, EGEMAPS_LLD_SCALE, compare_llds, egemaps_llds
 from foalnet.model.losses import masked_mean as _masked_mean
 from foalnet.errors import UsageError
 
@@ -101,20 +101,6 @@ SAMPLE_RATE = 16000
 FRONTEND_VERSION = 1  # bump when DSPFrontEnd's computation changes: invalidates cached features
 FRONTEND_FIELDS = ("n_mels", "use_mel", "use_prosody", "normalization", "utterance_std", "utterance_var",
                    "f0_min", "f0_max", "voicing_threshold")
-# eGeMAPSv02 low-level descriptors (openSMILE, 10 ms hop) and the fixed affine scale each gets:
-# (x - offset) / scale, offset and scale = rounded mean and std over 28 clips of RAVDESS actors 1-3
-EGEMAPS_LLD_SCALE = (
-    ("Loudness_sma3", 0.25, 0.5), ("alphaRatio_sma3", -5.0, 9.0), ("hammarbergIndex_sma3", 12.0, 11.0),
-    ("slope0-500_sma3", 0.07, 0.04), ("slope500-1500_sma3", 0.02, 0.03), ("spectralFlux_sma3", 0.1, 0.3),
-    ("mfcc1_sma3", 10.0, 15.0), ("mfcc2_sma3", 0.0, 13.0), ("mfcc3_sma3", 4.0, 14.0), ("mfcc4_sma3", -4.0, 17.0),
-    ("F0semitoneFrom27.5Hz_sma3nz", 11.0, 17.0), ("jitterLocal_sma3nz", 0.0, 0.02),
-    ("shimmerLocaldB_sma3nz", 0.4, 0.8), ("HNRdBACF_sma3nz", 2.0, 4.0), ("logRelF0-H1-H2_sma3nz", 2.0, 6.0),
-    ("logRelF0-H1-A3_sma3nz", 6.0, 10.0), ("F1frequency_sma3nz", 630.0, 350.0),
-    ("F1bandwidth_sma3nz", 1070.0, 530.0), ("F1amplitudeLogRelF0_sma3nz", -137.0, 89.0),
-    ("F2frequency_sma3nz", 1450.0, 670.0), ("F2bandwidth_sma3nz", 920.0, 490.0),
-    ("F2amplitudeLogRelF0_sma3nz", -140.0, 85.0), ("F3frequency_sma3nz", 2270.0, 1020.0),
-    ("F3bandwidth_sma3nz", 820.0, 450.0), ("F3amplitudeLogRelF0_sma3nz", -142.0, 82.0),
-)
 
 
 @dataclass
@@ -130,7 +116,7 @@ class OfflineAudioConfig:
     use_mel: bool = True  # include the log-mel bands
     use_prosody: bool = True  # include the prosodic LLDs (F0, voicing, energy, tilt, ...)
     egemaps: bool = False  # include openSMILE's 25 eGeMAPSv02 LLDs (needs the opensmile package)
-    compare: bool = False  # include openSMILE's 65 ComParE 2016 LLDs (model/compare_llds.py)
+    compare: bool = False  # include openSMILE's 65 ComParE 2016 LLDs (model/opensmile_llds.py)
     normalization: str = "global"  # "global" (fixed scale), "utterance" (mean-centred) or "both"
     utterance_std: bool = False  # append each feature's utterance std to every frame (context)
     utterance_var: bool = False  # append (x - utterance mean)^2 per frame: its pooled mean is the variance
@@ -323,32 +309,6 @@ class DSPFrontEnd(nn.Module):
         ], -1)
 
 
-def egemaps_llds(wave: torch.Tensor, frames: torch.Tensor, L: int, samples: torch.Tensor) -> torch.Tensor:
-    """openSMILE eGeMAPSv02 LLDs of each row's valid samples on the DSP frame grid: (B, L, 25).
-
-    openSMILE's frame i starts at sample 160 i (10 ms hop, as ours); the last frames of our grid
-    that openSMILE does not produce (its windows are up to 60 ms) are 0 after scaling, as are
-    padded frames and rows too short for any frame."""
-    import numpy as np
-
-    from foalnet.features.egemaps import smile
-
-    extractor = smile("eGeMAPSv02", "LowLevelDescriptors")
-    if list(extractor.feature_names) != [name for name, _, _ in EGEMAPS_LLD_SCALE]:
-        raise RuntimeError(f"openSMILE eGeMAPSv02 LLD names differ: {extractor.feature_names}")
-    offset = np.array([o for _, o, _ in EGEMAPS_LLD_SCALE], dtype=np.float32)
-    scale = np.array([s for _, _, s in EGEMAPS_LLD_SCALE], dtype=np.float32)
-    out = torch.zeros(wave.shape[0], L, len(EGEMAPS_LLD_SCALE))
-    for b in range(wave.shape[0]):
-        signal = wave[b, : int(samples[b])].detach().cpu().numpy().astype(np.float32)
-        if len(signal) < 1024:  # shorter than openSMILE's 60 ms F0 window (+ margin): no frames
-            continue
-        values = extractor.process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float32)  # (T, 25)
-        n = min(len(values), int(frames[b]), L)
-        out[b, :n] = torch.from_numpy((values[:n] - offset) / scale)
-    return out.to(wave.device)
-
-
 class ConvBlock(nn.Module):
     """Residual dilated temporal conv that ignores padded frames."""
 
@@ -429,16 +389,12 @@ class OfflineAudioEncoder(nn.Module):
         options = asdict(self.config)
         fingerprint = {"kind": "offline-dsp", "version": FRONTEND_VERSION,
                        **{name: options[name] for name in FRONTEND_FIELDS}}
-        if self.config.egemaps:  # only then: caches made without it keep their key
-            import opensmile
+        for name, table in (("egemaps", EGEMAPS_LLD_SCALE), ("compare", COMPARE_LLD_SCALE)):
+            if options[name]:  # only then: caches made without the set keep their key
+                import opensmile
 
-            fingerprint["egemaps"] = {"opensmile": opensmile.__version__,
-                                   "lld_scale": [list(row) for row in EGEMAPS_LLD_SCALE]}
-        if self.config.compare:
-            import opensmile
-
-            fingerprint["compare"] = {"opensmile": opensmile.__version__,
-                                      "lld_scale": [list(row) for row in COMPARE_LLD_SCALE]}
+                fingerprint[name] = {"opensmile": opensmile.__version__,
+                                     "lld_scale": [list(row) for row in table]}
         return fingerprint
 
     def frontend(self, waveform: torch.Tensor, waveform_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

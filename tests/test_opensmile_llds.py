@@ -1,4 +1,4 @@
-"""openSMILE ComParE 2016 LLD frames of the offline front end (model/compare_llds.py)."""
+"""openSMILE LLD frames of the offline front end (model/opensmile_llds.py): ComParE 2016."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from foalnet.model.audio_offline import OfflineAudioEncoder
-from foalnet.model.compare_llds import COMPARE_LLD_SCALE, compare_llds
+from foalnet.model.opensmile_llds import COMPARE_LLD_SCALE, compare_llds
 
 pytest.importorskip("opensmile")
 
