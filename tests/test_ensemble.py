@@ -89,6 +89,25 @@ def test_cv_fold_of_an_ensemble_scores_the_mean_of_its_members(ensemble_cv):
     assert len(summary["selected_epoch"]) == 2
     cv_summary = json.loads((out / "summary.json").read_text())
     assert cv_summary["ua"]["per_fold"] == [summary["test"]["ua"]]
+    assert (fold / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the members' curves
+
+
+def test_ensemble_curves_draw_every_member_and_mark_each_kept_epoch():
+    import io
+
+    from matplotlib.image import imread
+
+    from foalnet.train.figures import ensemble_curves_png
+
+    histories = [[{"epoch": e, "dev_loss": 1.0 / e + k, "dev_ua": 0.1 * e + 0.05 * k} for e in range(1, 6)]
+                 for k in range(2)]
+    png = ensemble_curves_png(histories, [2, 4], title="fold 1")
+    image = imread(io.BytesIO(png))
+    assert image.shape[:2] == (234, 576)  # 6.4 x 2.6 inches at 90 dpi
+    assert ensemble_curves_png(histories, [2, 5]) != ensemble_curves_png(histories, [2, 4])  # the dot moves
+    assert ensemble_curves_png(histories[:1], [2]) != ensemble_curves_png(histories, [2, 4])
+    # a member without a kept epoch (none scored) still draws its curve, no dot
+    assert ensemble_curves_png(histories, [None, 4])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_predict_on_an_ensemble_run_averages_its_members(ensemble_cv, capsys):

@@ -4,7 +4,8 @@ RUN_DIR layout: config.yaml (the ensemble's), member1/ ... memberK/ (each a comp
 train/run.py with ``train.seed`` = seed + 1000 (k - 1) and ``train.ensemble`` 1: its own dev
 selection, best/, metrics.csv, predictions.csv, summary.json), then, once every member is
 complete: best/ (an ensemble model folder, model/ensemble.py: the members' best/ linked),
-predictions.csv (the mean of the members' test probabilities), confusion.png, rejected.jsonl and
+predictions.csv (the mean of the members' test probabilities), confusion.png, learning_curves.png
+(every member's dev curves, its kept epoch marked), rejected.jsonl and
 summary.json (written last; it adds ``ensemble``: the members' seeds, test scores and their spread).
 A killed ensemble resumes member by member: complete members are reused, the running one resumes
 from its checkpoint. Member 1 has the run's own seed, so a one-member run is the single model.
@@ -59,12 +60,24 @@ def train_ensemble(cfg: ExperimentConfig, run_dir: Path, hooks, acc) -> dict:
         labels = summary["labels"]
         plot_confusion(summary["test"]["confusion"], labels, run_dir / "confusion.png",
                        f"fold {summary['fold']} test UA {summary['test']['ua']:.3f} (ensemble of {members})")
+        write_member_curves(run_dir, summaries, members)
         write_text_atomic(run_dir / "rejected.jsonl", _rejected_union(run_dir, members))
         write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     acc.wait_for_everyone()
     acc.print(f"fold {summary['fold']} TEST  UA {summary['test']['ua']:.4f}  WA {summary['test']['wa']:.4f}"
               f"  (ensemble of {members}; members' UA {', '.join(f'{u:.3f}' for u in summary['ensemble']['member_ua'])})")
     return summary
+
+
+def write_member_curves(run_dir: Path, summaries: list[dict], members: int) -> None:
+    """The fold folder's learning_curves.png: every member's dev curves and kept epoch in one figure."""
+    from foalnet.train.figures import CURVES_FILE, ensemble_curves_png, read_history, write_png
+
+    histories = [read_history(d) for d in member_dirs(run_dir, members)]
+    selected = [s.get("selected_epoch") for s in summaries]
+    select_name = summaries[0].get("selected_on") or "dev"
+    write_png(run_dir / CURVES_FILE, ensemble_curves_png(
+        histories, selected, select_name, title=f"fold {summaries[0]['fold']}: {members} members"))
 
 
 def combine(run_dir: Path, summaries: list[dict], seeds: list[int]) -> dict:

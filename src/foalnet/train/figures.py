@@ -83,6 +83,43 @@ def learning_curves_png(history: list[dict], selected_epoch: int | None, select_
     return buffer.getvalue()
 
 
+def ensemble_curves_png(histories: list[list[dict]], selected_epochs: list[int | None],
+                        select_name: str = "dev", title: str = "", dpi: int = 90) -> bytes:
+    """PNG of an ensemble fold: every member's ``select_name`` loss and UA per epoch, one line per
+    member, a dot at the epoch each member kept -- so a reader sees how far the members' own
+    selections spread (the spread the averaged probabilities smooth out)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 2.6))
+    FigureCanvasAgg(fig)
+    loss_ax, ua_ax = fig.subplots(1, 2)
+    colours = [f"C{k % 10}" for k in range(len(histories))]
+    for k, (history, selected, colour) in enumerate(zip(histories, selected_epochs, colours), start=1):
+        for ax, key, scale in ((loss_ax, f"{select_name}_loss", 1.0), (ua_ax, f"{select_name}_ua", 100.0)):
+            xs, ys = _values(history, key)
+            if not xs:
+                continue
+            ax.plot(xs, [scale * y for y in ys], color=colour, linewidth=1,
+                    label=f"member {k}" if ax is ua_ax else None)
+            if selected in xs:
+                ax.plot([selected], [scale * ys[xs.index(selected)]], "o", color=colour, markersize=4)
+    for ax, name in ((loss_ax, f"{select_name} CE"), (ua_ax, f"{select_name} UA %")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ua_ax.get_legend_handles_labels()[0]:
+        ua_ax.legend(fontsize=6, title="dot: kept epoch", title_fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
 def read_history(run_dir: str | Path) -> list[dict]:
     """metrics.csv rows of a run (empty when the run wrote none)."""
     path = Path(run_dir) / "metrics.csv"
@@ -96,9 +133,12 @@ def write_learning_curves(run_dir: str | Path, history: list[dict], selected_epo
                           select_name: str = "dev", title: str = "",
                           select_metric: str = "ua") -> Path:
     """``RUN_DIR/learning_curves.png`` (atomic: a reader never sees half a PNG)."""
-    path = Path(run_dir) / CURVES_FILE
-    data = learning_curves_png(history, selected_epoch, select_name, title,
-                               select_metric=select_metric)
+    return write_png(Path(run_dir) / CURVES_FILE,
+                     learning_curves_png(history, selected_epoch, select_name, title, select_metric=select_metric))
+
+
+def write_png(path: Path, data: bytes) -> Path:
+    """Write PNG bytes atomically: a reader never sees half a PNG."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
