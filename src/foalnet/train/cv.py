@@ -30,8 +30,8 @@ from foalnet.data.protocol import OFFICIAL_SPLIT_PROTOCOL
 from foalnet.train.loop import tagged
 from foalnet.train.metrics import (BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
                                    bootstrap_cv, metrics_from_confusion, plot_confusion)
-from foalnet.train.run import (PAPER_PROTOCOL, SUMMARY_FILE, has_started, is_complete, protocol_notes,
-                               train_fold)
+from foalnet.train.run import (NO_DEV_PROTOCOL, PAPER_PROTOCOL, SUMMARY_FILE, has_started, is_complete,
+                               protocol_notes, train_fold)
 from foalnet.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -207,8 +207,7 @@ def summarize(per_fold: dict[int, dict], cfg: ExperimentConfig, rejected: list[d
     elif not speaker_independent:
         protocol = OFFICIAL_SPLIT_PROTOCOL
     elif cfg.data.dev_speakers == 0:
-        protocol = ("leave-one-fold-out; no dev split: trained on every training speaker, the weights "
-                    "after the last epoch kept; test fold untouched during training")
+        protocol = f"leave-one-fold-out; {NO_DEV_PROTOCOL}; test fold untouched during training"
     else:
         protocol = ("leave-one-fold-out; best epoch selected on a speaker-disjoint dev split of the "
                     "training folds; test fold untouched during selection")

@@ -50,6 +50,7 @@ CONFIG_FILE = RUN_CONFIG_FILE
 SUMMARY_FILE = "summary.json"
 PAPER_PROTOCOL = ("select-on-test (paper protocol): the best epoch was chosen on the TEST fold, "
                   "so these test numbers are optimistic")
+NO_DEV_PROTOCOL = "no dev split: every training speaker trains, the weights after the last epoch are kept"
 
 
 @dataclass
@@ -143,8 +144,7 @@ def load_fold(cfg: ExperimentConfig) -> FoldData:
         train, dev, protocol = split.train, split.dev, OFFICIAL_SPLIT_PROTOCOL
     elif not split.dev:  # data.dev_speakers = 0
         train, dev = split.train, split.dev
-        protocol = (f"no dev split: every training speaker trains, the weights after the last epoch "
-                    f"are kept; test fold {d.fold} untouched during training")
+        protocol = f"{NO_DEV_PROTOCOL}; test fold {d.fold} untouched during training"
     else:
         train, dev = split.train, split.dev
         dev_speakers = sorted({str(r.get("speaker")) for r in dev})
