@@ -106,6 +106,10 @@ def test_ensemble_curves_draw_every_member_and_mark_each_kept_epoch():
     assert image.shape[:2] == (234, 576)  # 6.4 x 2.6 inches at 90 dpi
     assert ensemble_curves_png(histories, [2, 5]) != ensemble_curves_png(histories, [2, 4])  # the dot moves
     assert ensemble_curves_png(histories[:1], [2]) != ensemble_curves_png(histories, [2, 4])
+    # no dev split: the loss panel falls back to the members' train CE instead of staying empty
+    train_only = [[{"epoch": e, "train_ce": 1.0 / e + k} for e in range(1, 6)] for k in range(2)]
+    empty = [[{"epoch": e} for e in range(1, 6)] for _ in range(2)]
+    assert ensemble_curves_png(train_only, [5, 5]) != ensemble_curves_png(empty, [5, 5])
     # a member without a kept epoch (none scored) still draws its curve, no dot
     assert ensemble_curves_png(histories, [None, 4])[:8] == b"\x89PNG\r\n\x1a\n"
 

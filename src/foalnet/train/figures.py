@@ -96,8 +96,12 @@ def ensemble_curves_png(histories: list[list[dict]], selected_epochs: list[int |
     FigureCanvasAgg(fig)
     loss_ax, ua_ax = fig.subplots(1, 2)
     colours = [f"C{k % 10}" for k in range(len(histories))]
+    # no dev split (data.dev_speakers 0): no member has dev curves, so the loss panel shows train CE
+    loss_key = f"{select_name}_loss"
+    if not any(_values(h, loss_key)[0] for h in histories):
+        loss_key = "train_ce" if any(_values(h, "train_ce")[0] for h in histories) else "train_loss"
     for k, (history, selected, colour) in enumerate(zip(histories, selected_epochs, colours), start=1):
-        for ax, key, scale in ((loss_ax, f"{select_name}_loss", 1.0), (ua_ax, f"{select_name}_ua", 100.0)):
+        for ax, key, scale in ((loss_ax, loss_key, 1.0), (ua_ax, f"{select_name}_ua", 100.0)):
             xs, ys = _values(history, key)
             if not xs:
                 continue
@@ -105,7 +109,8 @@ def ensemble_curves_png(histories: list[list[dict]], selected_epochs: list[int |
                     label=f"member {k}" if ax is ua_ax else None)
             if selected in xs:
                 ax.plot([selected], [scale * ys[xs.index(selected)]], "o", color=colour, markersize=4)
-    for ax, name in ((loss_ax, f"{select_name} CE"), (ua_ax, f"{select_name} UA %")):
+    loss_name = f"{select_name} CE" if loss_key == f"{select_name}_loss" else loss_key.replace("_", " ")
+    for ax, name in ((loss_ax, loss_name), (ua_ax, f"{select_name} UA %")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
