@@ -30,6 +30,44 @@ def _values(history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+def _two_panels():
+    """A Figure on its own Agg canvas (never pyplot) with the loss and UA axes side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 2.6))
+    FigureCanvasAgg(fig)
+    loss_ax, ua_ax = fig.subplots(1, 2)
+    return fig, loss_ax, ua_ax
+
+
+def _epoch_axis(ax, ylabel: str) -> None:
+    """Integer epochs on x, a light grid, the y label."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _png(fig, title: str, dpi: int) -> bytes:
+    """The figure as PNG bytes, titled when a title is given."""
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _train_loss_key(histories: list[list[dict]]) -> str:
+    """train_ce where logged, else train_loss: dev loss is cross-entropy only, so train CE is drawn
+    beside it (like with like); the total training loss (CE + AVEL + 0.1 MEM) would set the axis
+    and flatten both (AVEL ~ 11 here)."""
+    return "train_ce" if any(_values(h, "train_ce")[0] for h in histories) else "train_loss"
+
+
 def learning_curves_png(history: list[dict], selected_epoch: int | None, select_name: str = "dev",
                         title: str = "", dpi: int = 90, select_metric: str = "ua") -> bytes:
     """PNG of two panels: train and ``select_name`` loss, ``select_name`` UA, per epoch.
@@ -39,17 +77,9 @@ def learning_curves_png(history: list[dict], selected_epoch: int | None, select_
     weights were kept, so a reader sees how far selection is from the last epoch; the score
     selection maximised (``select_score``, a trailing mean over epochs) is drawn dashed beside
     the metric it smooths: UA panel for ``select_metric`` ua/wa/macro_f1, loss panel for loss."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 2.6))
-    FigureCanvasAgg(fig)
-    loss_ax, ua_ax = fig.subplots(1, 2)
-    # dev loss is cross-entropy only, so train CE is drawn beside it (like with like); the total
-    # training loss (CE + AVEL + 0.1 MEM) would set the axis and flatten both (AVEL ~ 11 here)
+    fig, loss_ax, ua_ax = _two_panels()
     marker = "." if len(history) < 40 else None
-    train_key = "train_ce" if _values(history, "train_ce")[0] else "train_loss"
+    train_key = _train_loss_key([history])
     for key, label, colour in ((train_key, "train CE", "tab:blue"),
                                (f"{select_name}_loss", f"{select_name} CE", "tab:orange")):
         xs, ys = _values(history, key)
@@ -66,21 +96,13 @@ def learning_curves_png(history: list[dict], selected_epoch: int | None, select_
         ua_ax.plot(xs, [100 * y for y in ys], "--", color="tab:purple",
                    label=f"selection score ({select_metric})")
     for ax, name in ((loss_ax, "loss"), (ua_ax, f"{select_name} UA %")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, name)
         if selected_epoch is not None:
             ax.axvline(selected_epoch, color="tab:red", linestyle="--", linewidth=1,
                        label=f"selected (epoch {selected_epoch})")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+    return _png(fig, title, dpi)
 
 
 def ensemble_curves_png(histories: list[list[dict]], selected_epochs: list[int | None],
@@ -88,18 +110,12 @@ def ensemble_curves_png(histories: list[list[dict]], selected_epochs: list[int |
     """PNG of an ensemble fold: every member's ``select_name`` loss and UA per epoch, one line per
     member, a dot at the epoch each member kept -- so a reader sees how far the members' own
     selections spread (the spread the averaged probabilities smooth out)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 2.6))
-    FigureCanvasAgg(fig)
-    loss_ax, ua_ax = fig.subplots(1, 2)
+    fig, loss_ax, ua_ax = _two_panels()
     colours = [f"C{k % 10}" for k in range(len(histories))]
     # no dev split (data.dev_speakers 0): no member has dev curves, so the loss panel shows train CE
     loss_key = f"{select_name}_loss"
     if not any(_values(h, loss_key)[0] for h in histories):
-        loss_key = "train_ce" if any(_values(h, "train_ce")[0] for h in histories) else "train_loss"
+        loss_key = _train_loss_key(histories)
     for k, (history, selected, colour) in enumerate(zip(histories, selected_epochs, colours), start=1):
         for ax, key, scale in ((loss_ax, loss_key, 1.0), (ua_ax, f"{select_name}_ua", 100.0)):
             xs, ys = _values(history, key)
@@ -110,19 +126,11 @@ def ensemble_curves_png(histories: list[list[dict]], selected_epochs: list[int |
             if selected in xs:
                 ax.plot([selected], [scale * ys[xs.index(selected)]], "o", color=colour, markersize=4)
     loss_name = f"{select_name} CE" if loss_key == f"{select_name}_loss" else loss_key.replace("_", " ")
-    for ax, name in ((loss_ax, loss_name), (ua_ax, f"{select_name} UA %")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_axis(loss_ax, loss_name)
+    _epoch_axis(ua_ax, f"{select_name} UA %")
     if ua_ax.get_legend_handles_labels()[0]:
         ua_ax.legend(fontsize=6, title="dot: kept epoch", title_fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+    return _png(fig, title, dpi)
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
